@@ -1,0 +1,9 @@
+"""Building blocks with no knowledge of any model family."""
+from .dcls import (  # noqa: F401
+    DCLS_VERSIONS, Dcls1d, Dcls2d, Dcls3d, DclsNd, clamp_dcls_parameters, construct_dcls_kernel,
+    dcls_position_parameter_names,
+)
+from .replace import (  # noqa: F401
+    check_shared_copies_equal, dclsify, default_stage_groups, is_depthwise_conv2d, shared_parameter_groups,
+    tie_dcls_positions,
+)

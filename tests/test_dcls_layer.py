@@ -1,0 +1,221 @@
+"""The DCLS operator against the authors' `dcls` 0.1.1 package (test-only oracle)."""
+import copy
+import io
+import logging
+
+import pytest
+import torch
+
+from dcls_zoo.bench import saved_bytes_for_backward
+from dcls_zoo.layers import Dcls1d, Dcls2d, Dcls3d, clamp_dcls_parameters, dcls_position_parameter_names
+
+ref_modules = pytest.importorskip("DCLS.construct.modules", reason="the dcls==0.1.1 oracle is a test extra")
+logging.getLogger().setLevel(logging.ERROR)  # the oracle logs implicit-GEMM warnings on every construction
+
+OURS = {1: Dcls1d, 2: Dcls2d, 3: Dcls3d}
+REFS = {1: ref_modules.Dcls1d, 2: ref_modules.Dcls2d, 3: ref_modules.Dcls3d}
+VERSIONS = ("v0", "v1", "gauss", "max")
+
+# (in, out, groups, kernel_count, dilated size per ndim, stride, padding, padding_mode)
+CONFIGS = {
+    "depthwise": (6, 6, 6, 5, {1: 9, 2: 7, 3: 5}, 1, "half", "zeros"),
+    "dense": (4, 6, 1, 3, {1: 7, 2: 5, 3: 3}, 1, 0, "zeros"),
+    "grouped_nonsquare_stride": (4, 6, 2, 4, {1: 8, 2: (5, 9), 3: (3, 5, 7)}, 2, 1, "zeros"),
+    "reflect": (4, 4, 4, 3, {1: 5, 2: 5, 3: 3}, 1, 1, "reflect"),
+}
+
+
+def _pair_of_layers(ndim, version, config, dtype, seed=0):
+    cin, cout, groups, count, dks, stride, padding, mode = CONFIGS[config]
+    dks = dks[ndim]
+    if padding == "half":
+        padding = dks // 2
+    kw = dict(kernel_count=count, stride=stride, padding=padding, dilated_kernel_size=dks, groups=groups,
+              bias=True, padding_mode=mode, version=version)
+    torch.manual_seed(seed)
+    ref = REFS[ndim](cin, cout, **kw).to(dtype)
+    with torch.no_grad():  # spread positions over (and slightly past) the whole grid, as after training
+        for d, size in enumerate(ref.dilated_kernel_size):
+            ref.P[d].uniform_(-(size // 2) - 0.5, size // 2 + 0.5)
+        if ref.SIG is not None:
+            ref.SIG.uniform_(-0.6, 0.6)
+    ours = OURS[ndim](cin, cout, **kw).to(dtype)
+    ours.load_state_dict(ref.state_dict())
+    return ref, ours, cin
+
+
+def _rel(a, b):
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float64, 1e-12)], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("config", list(CONFIGS))
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("ndim", [1, 2, 3])
+def test_outputs_and_gradients_match_reference(ndim, version, config, dtype, tol):
+    ref, ours, cin = _pair_of_layers(ndim, version, config, dtype)
+    x = torch.randn(2, cin, *([11] * ndim), dtype=dtype)
+    x_ref, x_ours = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y_ref, y_ours = ref(x_ref), ours(x_ours)
+    assert y_ours.shape == y_ref.shape and y_ours.dtype == dtype
+    assert _rel(y_ours, y_ref) <= tol
+    grad = torch.randn_like(y_ref)
+    y_ref.backward(grad)
+    y_ours.backward(grad)
+    assert _rel(x_ours.grad, x_ref.grad) <= tol, "input gradient"
+    for name in ("weight", "P", "SIG", "bias"):
+        if getattr(ref, name) is None:
+            assert getattr(ours, name) is None
+            continue
+        assert _rel(getattr(ours, name).grad, getattr(ref, name).grad) <= tol, f"{name} gradient"
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("ndim", [1, 2, 3])
+def test_parameters_names_shapes_and_init_match_reference(ndim, version):
+    kw = dict(kernel_count=5, padding=3, dilated_kernel_size=7, groups=2, version=version)
+    torch.manual_seed(1)
+    ref = REFS[ndim](4, 6, **kw)
+    torch.manual_seed(1)
+    ours = OURS[ndim](4, 6, **kw)
+    ref_sd, our_sd = ref.state_dict(), ours.state_dict()
+    assert list(our_sd) == list(ref_sd)  # same keys, same order, no buffers
+    assert list(ours.buffers()) == []
+    for key in ref_sd:  # same random draws in the same order: the reference initialisation exactly
+        assert torch.equal(our_sd[key], ref_sd[key]), key
+
+
+def test_reference_axis_conventions():
+    # v0: P[0] moves along rows; v1/gauss/max: P[0] moves along columns; non-square offsets as the reference.
+    for version, expected in (("v0", (4, 3)), ("v1", (3, 4))):
+        layer = Dcls2d(1, 1, kernel_count=1, dilated_kernel_size=7, version=version)
+        with torch.no_grad():
+            layer.weight.fill_(1.0)
+            layer.P.zero_()
+            layer.P[0].fill_(1.0)
+        kernel = layer.construct_kernel()[0, 0]
+        assert divmod(int(kernel.argmax()), 7) == expected
+    layer = Dcls2d(1, 1, kernel_count=1, dilated_kernel_size=(5, 9), version="v1")
+    with torch.no_grad():
+        layer.weight.fill_(1.0)
+        layer.P.zero_()
+    assert divmod(int(layer.construct_kernel()[0, 0].argmax()), 9) == (4, 2)  # the reference's quirk, kept
+
+
+@pytest.mark.parametrize("version,size,count", [("v0", 17, 34), ("v1", 17, 34), ("gauss", 23, 26)])
+def test_convnext_tiny_construction_keeps_under_0_1_gib_for_backward(version, size, count):
+    # The 18 DCLS layers of a ConvNeXt-T (depths 3-3-9-3, widths 96-768). The reference keeps 1.1-2.5 GiB of
+    # (size, size, 2, C, 1, count) construction intermediates for backward; ours keeps only the dense kernels.
+    total = 0
+    for width, depth in ((96, 3), (192, 3), (384, 9), (768, 3)):
+        layer = Dcls2d(width, width, kernel_count=count, dilated_kernel_size=size, padding=size // 2,
+                       groups=width, version=version)
+        x = torch.randn(1, width, 4, 4)
+        saved, _ = saved_bytes_for_backward(lambda: layer(x), exclude=[x, *layer.parameters()])
+        total += depth * saved
+    assert total < 0.1 * 2**30
+
+
+def test_reference_construction_keeps_much_more_for_backward():
+    # Sanity check of the measurement itself on one reference layer (ConvNeXt-T stage 1, v1 17/34).
+    layer = REFS[2](96, 96, kernel_count=34, dilated_kernel_size=17, padding=8, groups=96, version="v1")
+    x = torch.randn(1, 96, 4, 4)
+    saved, _ = saved_bytes_for_backward(lambda: layer(x), exclude=[x, *layer.parameters()])
+    assert saved > 10 * 2**20
+
+
+def test_channels_last_path_is_numerically_the_same():
+    layer = Dcls2d(8, 8, kernel_count=6, dilated_kernel_size=17, padding=8, groups=8, version="v1")
+    x = torch.randn(2, 8, 20, 20)
+    assert layer._use_channels_last(x)
+    y = layer(x)
+    y_plain = torch.nn.functional.conv2d(x, layer.construct_kernel(), layer.bias, 1, 8, 1, 8)
+    torch.testing.assert_close(y, y_plain, rtol=1e-5, atol=1e-6)
+
+
+def test_to_conv_is_exact():
+    layer = Dcls2d(4, 6, kernel_count=3, dilated_kernel_size=(5, 7), padding=(2, 3), groups=2, version="gauss")
+    x = torch.randn(1, 4, 9, 9)
+    conv = layer.to_conv()
+    assert isinstance(conv, torch.nn.Conv2d) and conv.kernel_size == (5, 7)
+    torch.testing.assert_close(conv(x), layer(x), rtol=1e-6, atol=1e-7)
+
+
+def test_eval_kernel_cache_reuse_and_invalidation(monkeypatch):
+    layer = Dcls2d(4, 4, kernel_count=3, dilated_kernel_size=7, padding=3, groups=4, version="v1").eval()
+    calls = []
+    original = Dcls2d.construct_kernel
+    monkeypatch.setattr(Dcls2d, "construct_kernel", lambda self: calls.append(1) or original(self))
+    x = torch.randn(1, 4, 8, 8)
+    with torch.no_grad():
+        y1 = layer(x)
+        layer(x)
+        assert len(calls) == 1, "eval mode must reuse the kernel"
+        layer.P.add_(0.3)  # in-place change, as an optimizer step or load_state_dict does
+        y2 = layer(x)
+        assert len(calls) == 2 and not torch.equal(y1, y2)
+        layer.load_state_dict({k: v.clone() for k, v in layer.state_dict().items()})
+        layer(x)
+        assert len(calls) == 3
+    layer.train()
+    layer(x)
+    layer(x)
+    assert len(calls) == 5, "train mode always rebuilds"
+    # eval with grad enabled builds a fresh graph each call, so backward works twice
+    layer.eval()
+    layer(x).sum().backward()
+    layer(x).sum().backward()
+    assert layer.P.grad is not None
+    clone = copy.deepcopy(layer.eval())
+    assert clone._cached_kernel is None
+
+
+def test_pickle_and_device_roundtrip():
+    layer = Dcls1d(3, 3, kernel_count=2, dilated_kernel_size=5, padding=2, groups=3, version="gauss").eval()
+    with torch.no_grad():
+        layer(torch.randn(1, 3, 7))
+    buf = io.BytesIO()
+    torch.save(layer, buf)
+    buf.seek(0)
+    again = torch.load(buf, weights_only=False)
+    x = torch.randn(1, 3, 7)
+    torch.testing.assert_close(again(x), layer(x))
+    double = copy.deepcopy(layer).double()
+    assert double(x.double()).dtype == torch.float64
+
+
+def test_clamp_and_position_names():
+    model = torch.nn.Sequential(Dcls2d(2, 2, 3, dilated_kernel_size=7, groups=2, version="gauss"),
+                                Dcls1d(2, 2, 3, dilated_kernel_size=5, version="v1"))
+    with torch.no_grad():
+        for p in (model[0].P, model[1].P):
+            p.uniform_(-10, 10)
+    clamp_dcls_parameters(model)
+    assert model[0].P.abs().max() <= 3 and model[1].P.abs().max() <= 2
+    assert dcls_position_parameter_names(model) == {"0.P", "0.SIG", "1.P"}
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(kernel_count=0), "kernel_count"),
+        (dict(dilated_kernel_size=0), "dilated_kernel_size"),
+        (dict(dilated_kernel_size=(3, 3, 3)), "dilated_kernel_size"),
+        (dict(groups=4), "divisible by groups"),
+        (dict(version="v2"), "version must be one of"),
+        (dict(padding_mode="mirror"), "padding_mode"),
+    ],
+)
+def test_bad_arguments_raise(kwargs, match):
+    args = dict(in_channels=6, out_channels=6, kernel_count=3, dilated_kernel_size=5)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        Dcls2d(**args)
+
+
+def test_wrong_input_rank_raises():
+    layer = Dcls2d(3, 3, kernel_count=2, dilated_kernel_size=5)
+    with pytest.raises(ValueError, match="expects a 4-D"):
+        layer(torch.randn(2, 3, 4, 4, 4))
+    with pytest.raises(ValueError, match="3 input channels"):
+        layer(torch.randn(2, 5, 8, 8))
