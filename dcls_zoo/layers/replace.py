@@ -22,7 +22,7 @@ from .dcls import Dcls2d, DclsNd
 
 __all__ = [
     "dclsify", "tie_dcls_positions", "default_stage_groups", "is_depthwise_conv2d", "shared_parameter_groups",
-    "check_shared_copies_equal",
+    "check_shared_copies_equal", "restore_shared_entries",
 ]
 
 ConvFilter = Callable[[str, nn.Conv2d], bool]
@@ -172,3 +172,22 @@ def check_shared_copies_equal(state_dict: dict, model: nn.Module) -> None:
                 raise ValueError(
                     f"checkpoint entries {present[0]!r} and {name!r} should hold one shared tensor but differ"
                 )
+
+
+# --- added by the hub helper: loading checkpoints that store a shared tensor once ---------------------------------
+
+def restore_shared_entries(state_dict: dict, model: nn.Module) -> dict:
+    """Fill in the names a deduplicated checkpoint left out, from the name it kept; returns a new dict.
+
+    safetensors refuses aliased tensors, so `dcls_zoo.hub` stores each tied tensor (a stage's shared `P`/`SIG`)
+    once, under its first name. A family's `checkpoint_filter_fn` calls this so that timm's own loaders
+    (`local-dir:`, `hf-hub:`, `pretrained_cfg_overlay=dict(file=...)`) get every key the model expects. Names of
+    a group that are all absent stay absent (strict loading then reports them).
+    """
+    state_dict = dict(state_dict)
+    for names in shared_parameter_groups(model):
+        present = [n for n in names if n in state_dict]
+        if present:
+            for name in names:
+                state_dict.setdefault(name, state_dict[present[0]])
+    return state_dict
