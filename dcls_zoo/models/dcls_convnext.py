@@ -1,0 +1,201 @@
+"""DCLS-ConvNeXt: timm's ConvNeXt with every block's depthwise convolution replaced by `Dcls2d`.
+
+Papers:
+    Dilated convolution with learnable spacings (Khalfaoui-Hassani, Pellegrini, Masquelier), ICLR 2023,
+    arXiv:2112.03740 — bilinear (v0) DCLS, ConvNeXt-T/S/B.
+    Dilated Convolution with Learnable Spacings: beyond bilinear interpolation, arXiv:2306.00817 — Gaussian DCLS.
+Original code: https://github.com/K-H-Ismail/ConvNeXt-dcls (MIT).
+
+The model is timm's own `ConvNeXt`; the only change is `dclsify` on the blocks' `conv_dw`, with positions shared
+by all blocks of a stage (as the original's `P_stages`). Released checkpoints (Zenodo) hold the original FB layout
+with each stage's positions repeated under every block; `checkpoint_filter_fn` maps them to timm names and
+checks that the repeated copies agree, and loading copies them into the one shared tensor per stage.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import convnext as timm_convnext
+from timm.models import generate_default_cfgs, register_model
+
+from ..layers import check_shared_copies_equal, clamp_dcls_parameters, dcls_position_parameter_names, dclsify
+from ._builder import build_dcls_model
+
+__all__ = ["DclsConvNeXt"]
+
+
+def _is_block_dwconv(name: str, conv) -> bool:
+    return name.endswith(".conv_dw") and conv.groups == conv.in_channels == conv.out_channels
+
+
+class DclsConvNeXt(timm_convnext.ConvNeXt):
+    """timm `ConvNeXt` whose block depthwise convs are `Dcls2d` with positions tied per stage.
+
+    Args (in addition to timm's ConvNeXt arguments):
+        dcls_version: DCLS interpolation, 'v0' (bilinear, the ICLR 2023 models), 'v1', 'gauss' or 'max'.
+        dcls_dilated_kernel_size: side of the dense kernel grid (replaces `kernel_sizes`).
+        dcls_kernel_count: learnable kernel elements per channel.
+    """
+
+    def __init__(
+        self,
+        dcls_version: str = "v0",
+        dcls_dilated_kernel_size: int = 17,
+        dcls_kernel_count: int = 34,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        global_pool: str = "avg",
+        output_stride: int = 32,
+        depths: tuple[int, ...] = (3, 3, 9, 3),
+        dims: tuple[int, ...] = (96, 192, 384, 768),
+        ls_init_value: float | None = 1e-6,
+        stem_type: str = "patch",
+        patch_size: int = 4,
+        head_init_scale: float = 1.0,
+        head_norm_first: bool = False,
+        head_hidden_size: int | None = None,
+        conv_mlp: bool = False,
+        conv_bias: bool = True,
+        use_grn: bool = False,
+        act_layer: Any = "gelu",
+        norm_layer: Any = None,
+        norm_eps: float | None = None,
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        device=None,
+        dtype=None,
+    ) -> None:
+        # kernel_sizes is not an argument: DCLS sets the dense kernel size. 3x3 stand-ins are built first so the
+        # temporary dense convs cost nothing.
+        super().__init__(
+            in_chans=in_chans, num_classes=num_classes, global_pool=global_pool, output_stride=output_stride,
+            depths=depths, dims=dims, kernel_sizes=3, ls_init_value=ls_init_value, stem_type=stem_type,
+            patch_size=patch_size, head_init_scale=head_init_scale, head_norm_first=head_norm_first,
+            head_hidden_size=head_hidden_size, conv_mlp=conv_mlp, conv_bias=conv_bias, use_grn=use_grn,
+            act_layer=act_layer, norm_layer=norm_layer, norm_eps=norm_eps, drop_rate=drop_rate,
+            drop_path_rate=drop_path_rate, device=device, dtype=dtype,
+        )
+        if output_stride != 32:
+            raise ValueError("DclsConvNeXt supports output_stride=32 only (DCLS layers have no dilation)")
+        dclsify(
+            self, version=dcls_version, dilated_kernel_size=dcls_dilated_kernel_size,
+            kernel_count=dcls_kernel_count, conv_filter=_is_block_dwconv,
+        )
+
+    def no_weight_decay(self) -> set[str]:
+        """DCLS positions (and widths) are trained without weight decay, as in the original recipe."""
+        return dcls_position_parameter_names(self)
+
+    def clamp_parameters(self) -> None:
+        """Clamp every stage's positions to the dilated grid; call after each optimizer step."""
+        clamp_dcls_parameters(self)
+
+
+def checkpoint_filter_fn(state_dict: dict, model: DclsConvNeXt) -> dict:
+    """Original ConvNeXt-dcls layout (`{'model': ...}`, FB key names) → timm layout; timm layout passes through.
+
+    Every block of a stage stores a copy of the stage's positions; the copies must agree (they do in the
+    released checkpoints) since the model keeps one shared tensor per stage.
+    """
+    state_dict = timm_convnext.checkpoint_filter_fn(state_dict, model)
+    check_shared_copies_equal(state_dict, model)
+    return state_dict
+
+
+def _create_dcls_convnext(variant: str, pretrained: bool = False, **kwargs: Any) -> DclsConvNeXt:
+    return build_dcls_model(
+        DclsConvNeXt, variant, pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=(0, 1, 2, 3), flatten_sequential=True),
+        **kwargs,
+    )
+
+
+def _cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:
+    return {
+        "url": url,
+        "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7),
+        "crop_pct": 0.875, "interpolation": "bicubic",
+        "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
+        "first_conv": "stem.0", "classifier": "head.fc",
+        "license": "mit", "origin_url": "https://github.com/K-H-Ismail/ConvNeXt-dcls",
+        "paper_ids": "arXiv:2112.03740", "paper_name": "Dilated convolution with learnable spacings",
+        **kwargs,
+    }
+
+
+_ZENODO_BILINEAR = "https://zenodo.org/record/7112021/files/"
+default_cfgs = generate_default_cfgs({
+    "dcls_convnext_tiny.bilinear_in1k": _cfg(
+        url=_ZENODO_BILINEAR + "convnext_dcls_tiny_1k_224_ema.pth",
+        notes=("ImageNet-1k top-1 82.5 (original paper)", "container key: model")),
+    "dcls_convnext_small.bilinear_in1k": _cfg(
+        url=_ZENODO_BILINEAR + "convnext_dcls_small_1k_224_ema.pth",
+        notes=("ImageNet-1k top-1 83.7 (original paper)", "container key: model")),
+    "dcls_convnext_base.bilinear_in1k": _cfg(
+        url=_ZENODO_BILINEAR + "convnext_dcls_base_1k_224_ema.pth",
+        notes=("ImageNet-1k top-1 84.1 (original paper)", "container key: model")),
+    "dcls_gauss_convnext_tiny.gauss_in1k": _cfg(
+        url="https://zenodo.org/record/8029747/files/convnext_dcls_gauss_tiny_1k_224_ema.pth",
+        paper_ids="arXiv:2306.00817",
+        paper_name="Dilated Convolution with Learnable Spacings: beyond bilinear interpolation",
+        origin_url="https://github.com/K-H-Ismail/Dilated-Convolution-with-Learnable-Spacings-PyTorch",
+        notes=("container key: model",)),
+    # Small sizes (timm's ConvNeXt widths) for fine-tuning and tests: no released weights.
+    "dcls_convnext_atto": _cfg(),
+    "dcls_convnext_femto": _cfg(),
+    "dcls_convnext_pico": _cfg(),
+    "dcls_convnext_nano": _cfg(),
+})
+
+_BILINEAR_17 = dict(dcls_version="v0", dcls_dilated_kernel_size=17)
+
+
+@register_model
+def dcls_convnext_atto(pretrained: bool = False, **kwargs: Any) -> DclsConvNeXt:
+    model_args = dict(depths=(2, 2, 6, 2), dims=(40, 80, 160, 320), conv_mlp=True, dcls_kernel_count=34, **_BILINEAR_17)
+    return _create_dcls_convnext("dcls_convnext_atto", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def dcls_convnext_femto(pretrained: bool = False, **kwargs: Any) -> DclsConvNeXt:
+    model_args = dict(depths=(2, 2, 6, 2), dims=(48, 96, 192, 384), conv_mlp=True, dcls_kernel_count=34, **_BILINEAR_17)
+    return _create_dcls_convnext("dcls_convnext_femto", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def dcls_convnext_pico(pretrained: bool = False, **kwargs: Any) -> DclsConvNeXt:
+    model_args = dict(depths=(2, 2, 6, 2), dims=(64, 128, 256, 512), conv_mlp=True, dcls_kernel_count=34, **_BILINEAR_17)
+    return _create_dcls_convnext("dcls_convnext_pico", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def dcls_convnext_nano(pretrained: bool = False, **kwargs: Any) -> DclsConvNeXt:
+    model_args = dict(depths=(2, 2, 8, 2), dims=(80, 160, 320, 640), conv_mlp=True, dcls_kernel_count=34, **_BILINEAR_17)
+    return _create_dcls_convnext("dcls_convnext_nano", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def dcls_convnext_tiny(pretrained: bool = False, **kwargs: Any) -> DclsConvNeXt:
+    model_args = dict(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768), dcls_kernel_count=34, **_BILINEAR_17)
+    return _create_dcls_convnext("dcls_convnext_tiny", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def dcls_convnext_small(pretrained: bool = False, **kwargs: Any) -> DclsConvNeXt:
+    model_args = dict(depths=(3, 3, 27, 3), dims=(96, 192, 384, 768), dcls_kernel_count=40, **_BILINEAR_17)
+    return _create_dcls_convnext("dcls_convnext_small", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def dcls_convnext_base(pretrained: bool = False, **kwargs: Any) -> DclsConvNeXt:
+    model_args = dict(depths=(3, 3, 27, 3), dims=(128, 256, 512, 1024), dcls_kernel_count=40, **_BILINEAR_17)
+    return _create_dcls_convnext("dcls_convnext_base", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def dcls_gauss_convnext_tiny(pretrained: bool = False, **kwargs: Any) -> DclsConvNeXt:
+    model_args = dict(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768), dcls_version="gauss",
+                      dcls_dilated_kernel_size=23, dcls_kernel_count=26)
+    return _create_dcls_convnext("dcls_gauss_convnext_tiny", pretrained=pretrained, **dict(model_args, **kwargs))
