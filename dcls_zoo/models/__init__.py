@@ -1,3 +1,5 @@
 """timm model families. Importing a family module registers its models with timm."""
-# from . import dcls_convnext  # (lands shortly)
+from . import dcls_convnext  # noqa: F401
+from . import dcls_metaformer  # noqa: F401
+from . import kernel_sharing  # noqa: F401
 # family modules are added above this line, one import each

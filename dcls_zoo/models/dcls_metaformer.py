@@ -1,0 +1,178 @@
+"""DCLS ConvFormer and CAFormer: timm's MetaFormer with the SepConv depthwise convs turned into DCLS.
+
+Paper: `Dilated Convolution with Learnable Spacings` (arXiv 2112.03740); the released ImageNet-1k checkpoints come
+with `Dilated Convolution with Learnable Spacings makes visual models more aligned with humans: a Grad-CAM study`
+(arXiv 2408.03164, https://github.com/rabihchamas/DCLS-GradCAM-Eval).
+
+The model is timm's `MetaFormer`, unchanged except that every depthwise conv (the 7x7 `token_mixer.dwconv` of each
+SepConv block: all four stages of ConvFormer, the first two of CAFormer) is replaced by `Dcls2d` through
+`dcls_zoo.layers.dclsify`, which also makes the layers of a stage share one `P` Parameter, as in the original code.
+
+Two details make the authors' checkpoints reproduce their logits:
+- they were trained with sail-sg's MetaFormer code, whose MLP head LayerNorm uses eps 1e-5 (timm's uses 1e-6;
+  the difference moves logits by ~1e-2), so `head_norm_eps` defaults to 1e-5;
+- they are timm `train.py` containers (EMA weights under `state_dict_ema`, next to a pickled argparse.Namespace),
+  which `dcls_zoo.models._builder.build_dcls_model` downloads and hands to timm's safe file loader.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+import torch
+from timm.models import generate_default_cfgs, register_model
+from timm.models import metaformer as timm_metaformer
+from timm.models.metaformer import MetaFormer, MlpHead
+
+from ..layers import check_shared_copies_equal, clamp_dcls_parameters, dcls_position_parameter_names, dclsify
+from ..layers.replace import restore_shared_entries
+from ._builder import build_dcls_model
+
+__all__ = ["DclsMetaFormer", "checkpoint_filter_fn"]
+
+_CONTAINER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model")
+
+
+class DclsMetaFormer(MetaFormer):
+    """timm's `MetaFormer` whose depthwise token-mixer convs are `Dcls2d` layers with per-stage shared positions.
+
+    Args:
+        dcls_version: DCLS interpolation, 'v0', 'v1', 'gauss' or 'max'.
+        dcls_dilated_kernel_size: side of the grid the kernel elements move on (the padding is its half).
+        dcls_kernel_count: learnable kernel elements per channel.
+        head_norm_eps: eps of the MLP head's LayerNorm (1e-5 in sail-sg's code, which trained the checkpoints).
+        **kwargs: `MetaFormer` arguments; unknown names raise TypeError there.
+    """
+
+    def __init__(
+        self,
+        dcls_version: str = "v1",
+        dcls_dilated_kernel_size: int = 17,
+        dcls_kernel_count: int = 40,
+        head_norm_eps: float = 1e-5,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.head_norm_eps = head_norm_eps
+        self._set_head_norm_eps()
+        dclsify(
+            self, version=dcls_version, dilated_kernel_size=dcls_dilated_kernel_size, kernel_count=dcls_kernel_count,
+        )
+
+    def _set_head_norm_eps(self) -> None:
+        if isinstance(self.head.fc, MlpHead):
+            self.head.fc.norm.eps = self.head_norm_eps
+
+    def reset_classifier(
+        self,
+        num_classes: int,
+        global_pool: Optional[str] = None,
+        reset_other: bool = False,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().reset_classifier(num_classes, global_pool, reset_other=reset_other, device=device, dtype=dtype)
+        self._set_head_norm_eps()
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        return dict(
+            stem=r"^stem",
+            blocks=r"^stages\.(\d+)" if coarse else [
+                (r"^stages\.(\d+)\.downsample", (0,)),
+                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
+            ],
+        )
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """DCLS positions are trained without weight decay, as in the original recipe."""
+        return dcls_position_parameter_names(self)
+
+    def clamp_parameters(self) -> None:
+        """Clamp every stage's positions to the dilated grid; call after each optimizer step."""
+        clamp_dcls_parameters(self)
+
+
+def checkpoint_filter_fn(state_dict: Dict[str, Any], model: DclsMetaFormer) -> Dict[str, torch.Tensor]:
+    """sail-sg MetaFormer layout (or timm layout), optionally inside a train.py container -> this model's keys.
+
+    Key renames are timm's own MetaFormer filter; DCLS keys (`token_mixer.dwconv.{weight,P}`) pass through it.
+    A stage's shared positions may be stored under every layer (the originals) or once (`dcls_zoo.hub`). Raises
+    ValueError if a key has no counterpart in `model`, or if the per-layer copies of shared positions differ.
+    """
+    for key in _CONTAINER_KEYS:
+        if isinstance(state_dict.get(key), dict):
+            state_dict = state_dict[key]
+            break
+    if "stem.conv.weight" not in state_dict:
+        try:
+            state_dict = timm_metaformer.checkpoint_filter_fn(state_dict, model)
+        except KeyError as e:
+            raise ValueError(
+                f"checkpoint key maps to {e.args[0]!r}, which {type(model).__name__} does not have; expected a "
+                f"sail-sg MetaFormer checkpoint of the same architecture and DCLS config"
+            ) from None
+    check_shared_copies_equal(state_dict, model)
+    return restore_shared_entries(state_dict, model)
+
+
+def _create_dcls_metaformer(variant: str, pretrained: bool = False, **kwargs: Any) -> DclsMetaFormer:
+    default_out_indices = tuple(range(len(kwargs.get("depths", (2, 2, 6, 2)))))
+    out_indices = kwargs.pop("out_indices", default_out_indices)
+    return build_dcls_model(
+        DclsMetaFormer,
+        variant,
+        pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(flatten_sequential=True, out_indices=out_indices),
+        **kwargs,
+    )
+
+
+def _cfg(url: str = "", **kwargs: Any) -> Dict[str, Any]:
+    return {
+        "url": url,
+        "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7),
+        "crop_pct": 1.0, "interpolation": "bicubic",
+        "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
+        "first_conv": "stem.conv", "classifier": "head.fc.fc2",
+        "license": "apache-2.0",
+        "paper_ids": ("arXiv:2112.03740", "arXiv:2408.03164"),
+        "origin_url": "https://github.com/rabihchamas/DCLS-GradCAM-Eval",
+        **kwargs,
+    }
+
+
+_ZENODO = "https://zenodo.org/records/8370737/files/"
+
+default_cfgs = generate_default_cfgs({
+    "dcls_convformer_s18.bilinear_in1k": _cfg(
+        url=_ZENODO + "convformer_s18_v1_17lim_40el_seed0.pth.tar",
+        notes=("timm train.py container, EMA weights under 'state_dict_ema'; DCLS v1, 17x17 grid, 40 elements",),
+    ),
+    "dcls_caformer_s18.bilinear_in1k": _cfg(
+        url=_ZENODO + "caformer_s18_v1_17lim_34el_seed0.pth.tar",
+        notes=("timm train.py container, EMA weights under 'state_dict_ema'; DCLS v1, 17x17 grid, 34 elements",),
+    ),
+})
+
+
+@register_model
+def dcls_convformer_s18(pretrained: bool = False, **kwargs: Any) -> DclsMetaFormer:
+    model_args = dict(
+        depths=(3, 3, 9, 3), dims=(64, 128, 320, 512), token_mixers=timm_metaformer.SepConv,
+        norm_layers=timm_metaformer.LayerNorm2dNoBias,
+        dcls_version="v1", dcls_dilated_kernel_size=17, dcls_kernel_count=40,
+    )
+    return _create_dcls_metaformer("dcls_convformer_s18", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def dcls_caformer_s18(pretrained: bool = False, **kwargs: Any) -> DclsMetaFormer:
+    model_args = dict(
+        depths=(3, 3, 9, 3), dims=(64, 128, 320, 512),
+        token_mixers=(timm_metaformer.SepConv,) * 2 + (timm_metaformer.Attention,) * 2,
+        norm_layers=(timm_metaformer.LayerNorm2dNoBias,) * 2 + (timm_metaformer.LayerNormNoBias,) * 2,
+        dcls_version="v1", dcls_dilated_kernel_size=17, dcls_kernel_count=34,
+    )
+    return _create_dcls_metaformer("dcls_caformer_s18", pretrained=pretrained, **dict(model_args, **kwargs))

@@ -1,0 +1,165 @@
+"""DCLS ConvFormer / CAFormer: parameter counts, position tying, and loading sail-sg-layout checkpoints.
+
+The reference model is timm's own `convformer_s18` / `caformer_s18` with the `dcls` 0.1.1 package's `Dcls2d`
+swapped in by the original recipe (`replace_depthwise_dcls`: walk `named_modules()`, replace every depthwise conv,
+a layer whose in_channels exceeds all seen so far starts a stage whose first layer's `P` the others share) and the
+MLP head LayerNorm eps set to sail-sg's 1e-5.
+
+sail-sg-layout checkpoints are written by inverting timm's MetaFormer filter (`timm.models.metaformer
+.checkpoint_filter_fn`), key by key (`_to_sailsg_layout`): `stem` -> `downsample_layers.0` (`norm` -> `post_norm`),
+`stages.S.downsample` -> `downsample_layers.S` (`norm` -> `pre_norm`), `stages.S.blocks.B` -> `stages.S.B`,
+`head.norm` -> `norm`, `head.fc` -> `head`. The test checks that timm's filter maps them back to exactly the
+reference model's keys, so the inversion cannot silently drift.
+"""
+import argparse
+import re
+
+import pytest
+import timm
+import torch
+import torch.nn as nn
+from timm.models import metaformer as timm_metaformer
+
+from dcls_zoo.layers.replace import shared_parameter_groups
+from dcls_zoo.models.dcls_metaformer import DclsMetaFormer, checkpoint_filter_fn
+
+dcls_modules = pytest.importorskip("DCLS.construct.modules")
+
+# name -> (timm base entry point, kernel_count, unique parameters of the DCLS model (reference table),
+#          baseline parameters, layers per shared-P group, sail-sg key count)
+MODELS = {
+    "dcls_convformer_s18": (timm_metaformer.convformer_s18, 40, 26_848_432, 26_774_448, [3, 3, 9, 3], 260),
+    "dcls_caformer_s18": (timm_metaformer.caformer_s18, 34, 26_350_488, 26_341_656, [3, 3], None),
+}
+
+
+def _original_replace_depthwise_dcls(model: nn.Module, version: str, dks: int, kernel_count: int) -> nn.Module:
+    """The originals' `replace_depthwise_dcls`, with `dcls.Dcls2d` (the oracle)."""
+    widest, stage_first = 0, None
+    for name, conv in list(model.named_modules()):
+        if not (isinstance(conv, nn.Conv2d) and conv.groups == conv.in_channels == conv.out_channels):
+            continue
+        layer = dcls_modules.Dcls2d(
+            conv.in_channels, conv.out_channels, kernel_count=kernel_count, stride=conv.stride, padding=dks // 2,
+            dilated_kernel_size=dks, groups=conv.groups, bias=conv.bias is not None, version=version,
+        )
+        if conv.in_channels > widest:
+            widest, stage_first = conv.in_channels, layer
+        else:
+            layer.P = stage_first.P
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, layer)
+    return model
+
+
+def _reference_model(name: str) -> nn.Module:
+    entry, kernel_count = MODELS[name][:2]
+    model = _original_replace_depthwise_dcls(entry(), "v1", 17, kernel_count)
+    model.head.fc.norm.eps = 1e-5   # sail-sg's MlpHead LayerNorm
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for pname, p in model.named_parameters():   # in-range positions (shared: set once); perturbed norms,
+            if pname.endswith(".P"):                   # scales and biases so that none is at its init value
+                p.uniform_(-8, 8)
+            elif p.ndim == 1:
+                p.add_(torch.randn_like(p) * 0.05)
+    return model.eval()
+
+
+def _to_sailsg_layout(timm_key: str) -> str:
+    k = timm_key
+    k = re.sub(r"^stem\.norm\.", "downsample_layers.0.post_norm.", k)
+    k = re.sub(r"^stem\.", "downsample_layers.0.", k)
+    k = re.sub(r"^stages\.(\d+)\.downsample\.norm\.", r"downsample_layers.\1.pre_norm.", k)
+    k = re.sub(r"^stages\.(\d+)\.downsample\.", r"downsample_layers.\1.", k)
+    k = re.sub(r"^stages\.(\d+)\.blocks\.(\d+)\.", r"stages.\1.\2.", k)
+    k = re.sub(r"^head\.norm\.", "norm.", k)
+    k = re.sub(r"^head\.fc\.", "head.", k)
+    return k
+
+
+def _save_train_py_container(path, state_dict, arch):
+    """The format timm's train.py writes: EMA weights under 'state_dict_ema', args as an argparse.Namespace."""
+    noisy = {k: v + 1.0 for k, v in state_dict.items()}   # the non-EMA weights must not be the ones loaded
+    torch.save({"epoch": 299, "arch": arch, "state_dict": noisy, "state_dict_ema": state_dict,
+                "args": argparse.Namespace(model=arch, lr=4e-3, drop_path=0.1), "version": 2}, path)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_parameter_counts_and_position_groups(name):
+    _, _, n_dcls, n_base, group_sizes, _ = MODELS[name]
+    model = timm.create_model(name)
+    assert sum(p.numel() for p in model.parameters()) == n_dcls
+    assert sum(p.numel() for p in timm.create_model(name.removeprefix("dcls_")).parameters()) == n_base
+    groups = shared_parameter_groups(model)
+    assert [len(g) for g in groups] == group_sizes
+    assert all(all(n.endswith("token_mixer.dwconv.P") for n in g) for g in groups)
+    # head LayerNorm as in sail-sg's code, also after a classifier reset
+    assert model.head.fc.norm.eps == 1e-5
+    model.reset_classifier(7)
+    assert model.head.fc.norm.eps == 1e-5 and model.head.fc.fc2.out_features == 7
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_sailsg_checkpoint_loads_and_matches_reference(name, tmp_path):
+    reference = _reference_model(name)
+    sail_sd = {_to_sailsg_layout(k): v.clone() for k, v in reference.state_dict().items()}
+    if MODELS[name][5] is not None:
+        assert len(sail_sd) == MODELS[name][5]   # key count of the sail-sg layout (reference document)
+    assert "stages.0.0.token_mixer.dwconv.P" in sail_sd and "downsample_layers.0.post_norm.weight" in sail_sd
+    # timm's own filter must map the inverted layout back to the reference keys exactly
+    assert set(timm_metaformer.checkpoint_filter_fn(sail_sd, reference)) == set(reference.state_dict())
+
+    path = tmp_path / f"{name}_v1_seed0.pth.tar"
+    _save_train_py_container(path, sail_sd, name.removeprefix("dcls_"))
+
+    model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path))).eval()
+    filtered = checkpoint_filter_fn(torch.load(path, weights_only=False), model)
+    assert set(filtered) == set(model.state_dict())   # no missing, no unexpected keys
+    assert [len(g) for g in shared_parameter_groups(model)] == MODELS[name][4]   # ties survive the load
+
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected, features = reference(x), model.forward_features(x)
+        actual = model.forward_head(features)
+        model.head.fc.norm.eps = 1e-6   # timm's default eps: the parity check above must be able to see it
+        timm_eps_logits = model.forward_head(features)
+    torch.testing.assert_close(actual, expected, rtol=0, atol=1e-5)
+    assert (timm_eps_logits - expected).abs().max() > 1e-4
+
+
+def test_timm_layout_with_positions_stored_once(tmp_path):
+    """dcls_zoo.hub saves each shared P once (safetensors refuses aliases); the filter restores the other names."""
+    source = timm.create_model("dcls_caformer_s18")
+    once = {k: v for k, v in source.state_dict().items() if not re.match(r"stages\.[01]\.blocks\.[12]\..*\.P$", k)}
+    assert len(once) == len(source.state_dict()) - 4
+    path = tmp_path / "caformer.pth"
+    torch.save(once, path)
+    model = timm.create_model("dcls_caformer_s18", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+    for group in shared_parameter_groups(model):
+        torch.testing.assert_close(model.get_parameter(group[0]), source.get_parameter(group[0]), rtol=0, atol=0)
+
+
+def test_filter_rejects_unshared_positions():
+    model = timm.create_model("dcls_caformer_s18")
+    sail_sd = {_to_sailsg_layout(k): v.clone() for k, v in model.state_dict().items()}
+    sail_sd["stages.1.2.token_mixer.dwconv.P"] = sail_sd["stages.1.2.token_mixer.dwconv.P"] + 0.5
+    with pytest.raises(ValueError, match="shared tensor but differ"):
+        checkpoint_filter_fn(sail_sd, model)
+
+
+def test_filter_rejects_other_architecture():
+    convformer_sd = {_to_sailsg_layout(k): v for k, v in timm.create_model("dcls_convformer_s18").state_dict().items()}
+    with pytest.raises(ValueError, match="does not have"):
+        checkpoint_filter_fn(convformer_sd, timm.create_model("dcls_caformer_s18"))
+
+
+def test_dcls_config_and_unknown_args():
+    model = timm.create_model(
+        "dcls_convformer_s18", dcls_version="gauss", dcls_dilated_kernel_size=23, dcls_kernel_count=26)
+    assert isinstance(model, DclsMetaFormer)
+    layer = model.stages[0].blocks[0].token_mixer.dwconv
+    assert (layer.version, layer.dilated_kernel_size, layer.kernel_count, tuple(layer.SIG.shape)) == (
+        "gauss", (23, 23), 26, (2, 128, 1, 26))
+    with pytest.raises(TypeError, match="not_an_arg"):
+        timm.create_model("dcls_convformer_s18", not_an_arg=1)
