@@ -2,5 +2,4 @@
 from . import dcls_convnext  # noqa: F401
 from . import dcls_metaformer  # noqa: F401
 from . import kernel_sharing  # noqa: F401
-from . import kernel_sharing  # noqa: F401
 # family modules are added above this line, one import each
