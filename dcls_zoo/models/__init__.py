@@ -2,4 +2,6 @@
 from . import dcls_convnext  # noqa: F401
 from . import dcls_metaformer  # noqa: F401
 from . import kernel_sharing  # noqa: F401
+from . import audio_convnext  # noqa: F401
+from . import dcls_audio  # noqa: F401
 # family modules are added above this line, one import each

@@ -1,0 +1,1 @@
+"""Small reference data shipped with the package (label names)."""

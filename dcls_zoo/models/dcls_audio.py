@@ -1,0 +1,358 @@
+"""DCLS-Audio: ConvNeXt-T, ConvFormer-S18 and FastViT-SA24 on AudioSet, with and without DCLS-Gauss.
+
+Paper: Audio classification with Dilated Convolution with Learnable Spacings (Khalfaoui-Hassani, Masquelier,
+Pellegrini), arXiv:2309.13972. Original code: https://github.com/K-H-Ismail/DCLS-Audio (MIT).
+
+Each model is timm's own class (`ConvNeXt`, `MetaFormer`, `FastVit`) with:
+
+* the audio stem Conv2d(1, C0, kernel (2, 16), stride (2, 16)) in place of the image stem, so a (1, 128, 1001)
+  log-mel input (mel on H, time on W) becomes 64 x 62 after the stem;
+* 527 AudioSet classes;
+* for the DCLS variants, depthwise convolutions replaced by `Dcls2d` (Gauss interpolation, 23 x 23 grid,
+  26 elements) through `dcls_zoo.layers.dclsify`, with positions and widths shared by all layers of a stage as in
+  the originals: every block's 7x7 depthwise conv (ConvNeXt `conv_dw`, ConvFormer `token_mixer.dwconv`) and, in
+  FastViT, only the 7x7 depthwise convs (ConvFFN and the stage-4 conditional positional encoding), not the 3x3
+  RepMixer / MobileOne convs nor the patch-embedding large-kernel convs (in != out).
+* ConvFormer's head LayerNorm uses eps 1e-5 as in the original MetaFormer MlpHead (timm's default 1e-6 changes
+  the logits by ~8e-5).
+
+The originals compute the log-mel in the data pipeline (torchaudio, recipe (b) of `dcls_zoo.layers.audio`), so
+the models take (B, 1, 128, 1001) normalised log-mels. `waveform_input=True` puts that front-end inside the model
+(32 kHz mono waveform in, (B, samples)), so users do not re-implement it.
+
+Checkpoints (Zenodo record 8370979): training containers `{'model', 'model_ema'?, 'optimizer', 'args', ...}` in the
+original layouts (FB ConvNeXt, sail-sg MetaFormer, Apple FastViT), every DCLS layer storing its stage's shared
+positions again. `checkpoint_filter_fn` maps them with timm's own filters and checks that the repeated copies
+agree. The README links the ConvNeXt and FastViT *baseline* rows to the DCLS files, so only ConvFormer has a
+published baseline checkpoint.
+
+`feature_info[i]['reduction']` reports the stride along time (W); along mel (H) it is 8x smaller.
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, Optional
+
+import torch
+import torch.nn as nn
+from timm.layers import trunc_normal_
+from timm.models import convnext as timm_convnext
+from timm.models import fastvit as timm_fastvit
+from timm.models import generate_default_cfgs, metaformer as timm_metaformer, register_model
+
+from ..data.audioset_labels import AUDIOSET_LABELS
+from ..layers import check_shared_copies_equal, clamp_dcls_parameters, dcls_position_parameter_names, dclsify
+from ..layers.audio import DCLS_AUDIO_FRONTEND, LogMelFrontend
+from ._builder import build_dcls_model
+
+__all__ = ["ConvNeXtAudio", "MetaFormerAudio", "FastVitAudio", "AUDIO_STEM_KERNEL"]
+
+AUDIO_STEM_KERNEL = (2, 16)   # (mel, time): 128 x 1001 -> 64 x 62
+NUM_MEL_BINS, NUM_FRAMES = 128, 1001
+SAMPLE_RATE = 32000
+DCLS_AUDIO = dict(dcls_version="gauss", dcls_dilated_kernel_size=23, dcls_kernel_count=26)
+
+
+def _audio_stem(in_chans: int, out_chans: int, bias: bool, device=None, dtype=None) -> nn.Conv2d:
+    conv = nn.Conv2d(in_chans, out_chans, AUDIO_STEM_KERNEL, stride=AUDIO_STEM_KERNEL, bias=bias,
+                     device=device, dtype=dtype)
+    trunc_normal_(conv.weight, std=0.02)
+    if bias:
+        nn.init.zeros_(conv.bias)
+    return conv
+
+
+def _is_dw7x7(name: str, conv: nn.Conv2d) -> bool:
+    return conv.groups == conv.in_channels == conv.out_channels and conv.kernel_size == (7, 7)
+
+
+class _AudioModelMixin:
+    """What the three families add to their timm class: the optional waveform front-end and DCLS helpers.
+
+    Must come first in the bases so its `forward_features` / `forward_intermediates` run the front-end before
+    the timm class's.
+    """
+
+    frontend: Optional[LogMelFrontend]
+
+    def _init_audio(self, waveform_input: bool, in_chans: int, dcls_version: Optional[str],
+                    dcls_dilated_kernel_size: int, dcls_kernel_count: int, conv_filter, device, dtype) -> None:
+        if waveform_input and in_chans != 1:
+            raise ValueError(f"waveform_input=True takes mono audio (in_chans=1), got in_chans={in_chans}")
+        self.waveform_input = waveform_input
+        self.frontend = LogMelFrontend(**DCLS_AUDIO_FRONTEND, device=device, dtype=dtype) if waveform_input else None
+        stem_reduction = AUDIO_STEM_KERNEL[1]
+        for i, info in enumerate(self.feature_info):
+            info["reduction"] = stem_reduction * 2 ** i
+        self.dcls_version = dcls_version
+        if dcls_version is not None:
+            dclsify(self, version=dcls_version, dilated_kernel_size=dcls_dilated_kernel_size,
+                    kernel_count=dcls_kernel_count, conv_filter=conv_filter)
+
+    def _frontend(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.frontend is None else self.frontend(x)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward_features(self._frontend(x))
+
+    def forward_intermediates(self, x: torch.Tensor, *args: Any, **kwargs: Any):
+        return super().forward_intermediates(self._frontend(x), *args, **kwargs)
+
+    def no_weight_decay(self) -> set[str]:
+        """DCLS positions and widths train without weight decay (as in the original recipe)."""
+        return dcls_position_parameter_names(self)
+
+    def clamp_parameters(self) -> None:
+        """Clamp DCLS positions to their grid; call after each optimizer step (no-op without DCLS)."""
+        clamp_dcls_parameters(self)
+
+
+class ConvNeXtAudio(_AudioModelMixin, timm_convnext.ConvNeXt):
+    """timm `ConvNeXt` with the (2, 16) audio stem (bias, then LayerNorm), optional DCLS and waveform front-end.
+
+    Args (besides timm's ConvNeXt arguments):
+        waveform_input: put the DCLS-Audio log-mel front-end in the model (input (B, samples) at 32 kHz).
+        dcls_version: None (dense 7x7 depthwise convs) or a DCLS version ('gauss' for the released models).
+        dcls_dilated_kernel_size, dcls_kernel_count: DCLS grid side and elements per channel.
+    """
+
+    def __init__(
+            self,
+            waveform_input: bool = False,
+            dcls_version: Optional[str] = None,
+            dcls_dilated_kernel_size: int = 23,
+            dcls_kernel_count: int = 26,
+            in_chans: int = 1,
+            num_classes: int = 527,
+            global_pool: str = "avg",
+            depths: tuple[int, ...] = (3, 3, 9, 3),
+            dims: tuple[int, ...] = (96, 192, 384, 768),
+            ls_init_value: Optional[float] = 1e-6,
+            head_init_scale: float = 1.0,
+            drop_rate: float = 0.0,
+            drop_path_rate: float = 0.0,
+            device=None,
+            dtype=None,
+    ) -> None:
+        super().__init__(
+            in_chans=in_chans, num_classes=num_classes, global_pool=global_pool, depths=depths, dims=dims,
+            ls_init_value=ls_init_value, head_init_scale=head_init_scale, drop_rate=drop_rate,
+            drop_path_rate=drop_path_rate, device=device, dtype=dtype,
+        )
+        self.stem[0] = _audio_stem(in_chans, dims[0], bias=True, device=device, dtype=dtype)
+        self._init_audio(
+            waveform_input, in_chans, dcls_version, dcls_dilated_kernel_size, dcls_kernel_count,
+            lambda name, conv: name.endswith(".conv_dw") and _is_dw7x7(name, conv), device, dtype,
+        )
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        return dict(super().group_matcher(coarse), stem=r"^frontend|^stem")
+
+
+class MetaFormerAudio(_AudioModelMixin, timm_metaformer.MetaFormer):
+    """timm `MetaFormer` (ConvFormer) with the (2, 16) audio stem (no bias, then its LayerNorm), head LayerNorm
+    eps 1e-5, optional DCLS and waveform front-end. Arguments as `ConvNeXtAudio`, plus timm's MetaFormer ones."""
+
+    def __init__(
+            self,
+            waveform_input: bool = False,
+            dcls_version: Optional[str] = None,
+            dcls_dilated_kernel_size: int = 23,
+            dcls_kernel_count: int = 26,
+            in_chans: int = 1,
+            num_classes: int = 527,
+            global_pool: str = "avg",
+            depths: tuple[int, ...] = (3, 3, 9, 3),
+            dims: tuple[int, ...] = (64, 128, 320, 512),
+            token_mixers: Any = timm_metaformer.SepConv,
+            norm_layers: Any = timm_metaformer.LayerNorm2dNoBias,
+            drop_rate: float = 0.0,
+            drop_path_rate: float = 0.0,
+            device=None,
+            dtype=None,
+    ) -> None:
+        super().__init__(
+            in_chans=in_chans, num_classes=num_classes, global_pool=global_pool, depths=depths, dims=dims,
+            token_mixers=token_mixers, norm_layers=norm_layers, drop_rate=drop_rate, drop_path_rate=drop_path_rate,
+            device=device, dtype=dtype,
+        )
+        self.stem.conv = _audio_stem(in_chans, dims[0], bias=False, device=device, dtype=dtype)
+        self._set_head_norm_eps()
+        self._init_audio(
+            waveform_input, in_chans, dcls_version, dcls_dilated_kernel_size, dcls_kernel_count,
+            lambda name, conv: name.endswith(".token_mixer.dwconv") and _is_dw7x7(name, conv), device, dtype,
+        )
+
+    def _set_head_norm_eps(self) -> None:
+        # The original MlpHead LayerNorm uses torch's default eps (1e-5); timm's MlpHead uses 1e-6.
+        norm = getattr(self.head.fc, "norm", None)
+        if isinstance(norm, nn.LayerNorm):
+            norm.eps = 1e-5
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None, reset_other: bool = False,
+                         device=None, dtype=None) -> None:
+        super().reset_classifier(num_classes, global_pool, reset_other=reset_other, device=device, dtype=dtype)
+        self._set_head_norm_eps()
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        return dict(super().group_matcher(coarse), stem=r"^frontend|^stem")
+
+
+class FastVitAudio(_AudioModelMixin, timm_fastvit.FastVit):
+    """timm `FastVit` (SA24) whose stem is one Conv2d(1, 64, (2, 16), stride (2, 16), no bias), with optional
+    DCLS on the 7x7 depthwise convs and waveform front-end. Arguments as `ConvNeXtAudio`, plus timm's FastVit
+    ones. Structural reparameterisation (`timm.utils.reparameterize_model`) of a DCLS model needs its `Dcls2d`
+    layers turned into dense convs (`Dcls2d.to_conv()`) first."""
+
+    def __init__(
+            self,
+            waveform_input: bool = False,
+            dcls_version: Optional[str] = None,
+            dcls_dilated_kernel_size: int = 23,
+            dcls_kernel_count: int = 26,
+            in_chans: int = 1,
+            num_classes: int = 527,
+            global_pool: str = "avg",
+            layers: tuple[int, ...] = (4, 4, 12, 4),
+            embed_dims: tuple[int, ...] = (64, 128, 256, 512),
+            mlp_ratios: tuple[float, ...] = (4, 4, 4, 4),
+            token_mixers: tuple[str, ...] = ("repmixer", "repmixer", "repmixer", "attention"),
+            pos_embs: tuple[Any, ...] = (None, None, None, partial(timm_fastvit.RepConditionalPosEnc, spatial_shape=(7, 7))),
+            drop_rate: float = 0.0,
+            drop_path_rate: float = 0.0,
+            device=None,
+            dtype=None,
+    ) -> None:
+        super().__init__(
+            in_chans=in_chans, num_classes=num_classes, global_pool=global_pool, layers=layers,
+            embed_dims=embed_dims, mlp_ratios=mlp_ratios, token_mixers=token_mixers, pos_embs=pos_embs,
+            drop_rate=drop_rate, drop_path_rate=drop_path_rate, device=device, dtype=dtype,
+        )
+        self.stem = _audio_stem(in_chans, embed_dims[0], bias=False, device=device, dtype=dtype)
+        self._init_audio(
+            waveform_input, in_chans, dcls_version, dcls_dilated_kernel_size, dcls_kernel_count, _is_dw7x7,
+            device, dtype,
+        )
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        return dict(super().group_matcher(coarse), stem=r"^frontend|^stem")
+
+
+def _unwrap(state_dict: dict) -> dict:
+    # timm's file loader already unwraps containers ('model_ema' before 'model'); this covers state dicts passed
+    # directly (pretrained_cfg_overlay=dict(state_dict=...)).
+    for key in ("model_ema", "model", "state_dict"):
+        if isinstance(state_dict.get(key), dict):
+            state_dict = state_dict[key]
+            break
+    return {k.removeprefix("module."): v for k, v in state_dict.items()}
+
+
+def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
+    """Original DCLS-Audio layouts (FB ConvNeXt, sail-sg MetaFormer, Apple FastViT) -> ours; ours passes through.
+
+    Uses timm's own remaps, then checks that the per-layer copies of each stage's shared DCLS positions agree.
+    """
+    state_dict = _unwrap(state_dict)
+    if isinstance(model, FastVitAudio):
+        if "stem.weight" not in state_dict:   # ours has the plain-conv stem at 'stem'
+            state_dict = timm_fastvit.checkpoint_filter_fn(state_dict, model)
+    elif isinstance(model, MetaFormerAudio):
+        state_dict = timm_metaformer.checkpoint_filter_fn(state_dict, model)
+    elif isinstance(model, ConvNeXtAudio):
+        state_dict = timm_convnext.checkpoint_filter_fn(state_dict, model)
+    else:
+        raise TypeError(f"checkpoint_filter_fn: unsupported model {type(model).__name__}")
+    check_shared_copies_equal(state_dict, model)
+    return state_dict
+
+
+def _create(model_cls: type, variant: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    model = build_dcls_model(
+        model_cls, variant, pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        # 'getter' features run forward_intermediates, i.e. through the front-end when there is one.
+        feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls="getter"),
+        **kwargs,
+    )
+    if getattr(model, "waveform_input", False):
+        model.pretrained_cfg = dict(model.pretrained_cfg, input_size=(1, 1, 10 * SAMPLE_RATE),
+                                    min_input_size=(1, 1, 127 * DCLS_AUDIO_FRONTEND["hop_length"]))  # 128 frames
+        model.default_cfg = model.pretrained_cfg
+    return model
+
+
+def _cfg(url: str = "", pool_size: tuple[int, int] = (8, 8), **kwargs: Any) -> dict[str, Any]:
+    return {
+        "url": url, "num_classes": 527, "input_size": (1, NUM_MEL_BINS, NUM_FRAMES),
+        # (1, 128, 128) still leaves >= 1 x 1 after the last stage; timm's tests shrink inputs to it.
+        "min_input_size": (1, NUM_MEL_BINS, 128), "pool_size": pool_size,
+        "mean": (0.0,), "std": (1.0,), "first_conv": "stem.0", "classifier": "head.fc",
+        "label_names": AUDIOSET_LABELS,
+        "license": "mit", "origin_url": "https://github.com/K-H-Ismail/DCLS-Audio",
+        "paper_ids": "arXiv:2309.13972", "paper_name": "Audio classification with Dilated Convolution with Learnable Spacings",
+        **kwargs,
+    }
+
+
+_ZENODO = "https://zenodo.org/record/8370979/files/"
+_INPUT_NOTE = "input: log-mel (1, 128 HTK mels, 1001 frames), (dB + 18.2696) / 30.5735; waveform_input=True for waveforms"
+default_cfgs = generate_default_cfgs({
+    "convnext_audio_tiny.as2m": _cfg(pool_size=(8, 7), notes=(
+        "AudioSet mAP 44.83 +- 0.14 reported; no baseline checkpoint published (README links the DCLS file)",
+        _INPUT_NOTE)),
+    "dcls_convnext_audio_tiny.as2m": _cfg(
+        url=_ZENODO + "convnext_dcls_audio_tiny.pth", pool_size=(8, 7),
+        notes=("AudioSet mAP 45.52 +- 0.05 reported", "container keys: model, model_ema", _INPUT_NOTE)),
+    "convformer_audio_s18.as2m": _cfg(
+        url=_ZENODO + "convformer_audio_s18.pth", first_conv="stem.conv",
+        notes=("AudioSet mAP 43.14 +- 0.03 reported", "container keys: model, model_ema", _INPUT_NOTE)),
+    "dcls_convformer_audio_s18.as2m": _cfg(
+        url=_ZENODO + "convformer_dcls_audio_s18.pth", first_conv="stem.conv",
+        notes=("AudioSet mAP 43.68 +- 0.02 reported", "container keys: model, model_ema", _INPUT_NOTE)),
+    "fastvit_audio_sa24.as2m": _cfg(first_conv="stem", notes=(
+        "AudioSet mAP 43.82 +- 0.05 reported; no baseline checkpoint published (README links the DCLS file)",
+        _INPUT_NOTE)),
+    "dcls_fastvit_audio_sa24.as2m": _cfg(
+        url=_ZENODO + "fastvit_dcls_audio_sa24.pth", first_conv="stem",
+        notes=("AudioSet mAP 44.40 +- 0.07 reported", "container keys: model, model_ema", _INPUT_NOTE)),
+})
+
+
+@register_model
+def convnext_audio_tiny(pretrained: bool = False, **kwargs: Any) -> ConvNeXtAudio:
+    model_args = dict(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768))
+    return _create(ConvNeXtAudio, "convnext_audio_tiny", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def dcls_convnext_audio_tiny(pretrained: bool = False, **kwargs: Any) -> ConvNeXtAudio:
+    model_args = dict(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768), **DCLS_AUDIO)
+    return _create(ConvNeXtAudio, "dcls_convnext_audio_tiny", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def convformer_audio_s18(pretrained: bool = False, **kwargs: Any) -> MetaFormerAudio:
+    model_args = dict(depths=(3, 3, 9, 3), dims=(64, 128, 320, 512))
+    return _create(MetaFormerAudio, "convformer_audio_s18", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def dcls_convformer_audio_s18(pretrained: bool = False, **kwargs: Any) -> MetaFormerAudio:
+    model_args = dict(depths=(3, 3, 9, 3), dims=(64, 128, 320, 512), **DCLS_AUDIO)
+    return _create(MetaFormerAudio, "dcls_convformer_audio_s18", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def fastvit_audio_sa24(pretrained: bool = False, **kwargs: Any) -> FastVitAudio:
+    model_args = dict(layers=(4, 4, 12, 4), embed_dims=(64, 128, 256, 512))
+    return _create(FastVitAudio, "fastvit_audio_sa24", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def dcls_fastvit_audio_sa24(pretrained: bool = False, **kwargs: Any) -> FastVitAudio:
+    model_args = dict(layers=(4, 4, 12, 4), embed_dims=(64, 128, 256, 512), **DCLS_AUDIO)
+    return _create(FastVitAudio, "dcls_fastvit_audio_sa24", pretrained, **dict(model_args, **kwargs))
