@@ -3,5 +3,7 @@ from . import dcls_convnext  # noqa: F401
 from . import dcls_metaformer  # noqa: F401
 from . import kernel_sharing  # noqa: F401
 from . import audio_convnext  # noqa: F401
+from . import dcls_fastvit  # noqa: F401
+from . import snn_delays  # noqa: F401
 from . import dcls_audio  # noqa: F401
 # family modules are added above this line, one import each
