@@ -1,0 +1,822 @@
+"""Learnable Hermite, Fourier and tropical activations (Khalfaoui-Hassani, arXiv 2502.01247).
+
+Each activation is one scalar function shared by every element of its input, with a handful of learnable
+coefficients. Parameter names and shapes follow ``torchortho`` 0.1.2, so the authors' checkpoints load, but the
+evaluation is different:
+
+* every activation is a custom ``autograd.Function`` that saves only its input (and the few coefficients) and
+  recomputes what backward needs, instead of materialising ``(..., degree)`` tensors (torchortho saves 2-23x
+  the input for backward);
+* Hermite is evaluated as a polynomial by Horner's rule: its coefficients in the Hermite basis are mapped to
+  monomial coefficients with the three-term recurrence ``P_{k+1} = (x P_k - P_{k-1}) / (k + 1)`` applied to
+  coefficient vectors (a ``(degree+1)^2`` constant), so the data only sees ``degree`` fused multiply-adds;
+* tropical activations are convex piecewise-linear, so their upper envelope is computed once per call on the
+  ``degree+1`` lines and each element only does a bucket search;
+* the output has the input's dtype (bf16 in, bf16 out); parameters keep their own dtype and get their
+  gradients in it;
+* the derivative is right everywhere, ``x = 0`` included (torchortho's Hermite drops the ``He_1`` term there
+  because ``sign(0) = 0`` in its ``|x|^k sign(x)^k`` evaluation).
+
+``scheme="default"`` is torchortho 0.1.2's normalisation and variance-preserving initialisation;
+``scheme="legacy"`` is 0.1.0/0.1.1's (orthonormal Hermite basis ``He_k/sqrt(k!)``, Fourier without ``1/k!``,
+tropical without the ``sqrt(2)/degree`` gain), which the paper's first version and the experiment repositories
+used. The two are different functions of the same parameters: pick the one a checkpoint was trained with.
+
+``act_init=`` fits the coefficients to a target activation (value and derivative) deterministically: Hermite by
+linear least squares, the others by a fixed number of Adam steps on a fixed grid. Nothing is written anywhere
+unless ``fit_cache_dir`` is given.
+
+This file imports nothing but torch and the standard library: ``dcls_zoo.lm`` copies it next to the saved
+modeling file so that a saved GPT-2 variant loads with ``trust_remote_code=True`` without dcls_zoo installed.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from typing import Callable, Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = [
+    "HermiteActivation",
+    "FourierActivation",
+    "TropicalActivation",
+    "TropicalRationalActivation",
+    "LearnableClamp",
+    "ACTIVATION_CLASSES",
+    "DEFAULT_DEGREES",
+    "create_activation",
+    "fit_activation",
+    "activation_parameter_names",
+]
+
+SCHEMES = ("default", "legacy")
+# torchortho 0.1.0/0.1.1 constants: sqrt(pi^2/6 - zeta(3)) and sqrt(6)/pi
+_LEGACY_BIAS = 0.66549
+_LEGACY_GAIN = math.sqrt(6.0) / math.pi
+
+
+def _check_degree(degree: int, minimum: int = 1) -> int:
+    if isinstance(degree, bool) or not isinstance(degree, int) or degree < minimum:
+        raise ValueError(f"degree must be an integer >= {minimum}, got {degree!r}")
+    return degree
+
+
+def _check_scheme(scheme: str) -> str:
+    if scheme not in SCHEMES:
+        raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
+    return scheme
+
+
+def _check_input(x: torch.Tensor, name: str) -> None:
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
+        raise TypeError(f"{name} expects a floating-point tensor, got {got}")
+
+
+def _sum_of_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """sum(a * b) accumulated in at least fp32, without materialising a * b where BLAS can do it."""
+    if a.dtype in (torch.float32, torch.float64) and a.is_contiguous() and b.is_contiguous() and not a.is_meta:
+        return torch.dot(a.reshape(-1), b.reshape(-1))
+    return (a * b).sum(dtype=torch.promote_types(a.dtype, torch.float32))
+
+
+def _sum(a: torch.Tensor) -> torch.Tensor:
+    return a.sum(dtype=torch.promote_types(a.dtype, torch.float32))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Polynomial (Hermite)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def hermite_to_monomial(degree: int, scheme: str = "default") -> list[list[float]]:
+    """Row k holds the monomial coefficients (lowest power first) of the k-th basis function.
+
+    Basis: ``P_k = He_k / k!`` (default) or ``He_k / sqrt(k!)`` (legacy), He_k the probabilists' Hermite
+    polynomials, built with the three-term recurrence ``P_{k+1} = (x P_k - P_{k-1}) / (k + 1)``.
+    """
+    _check_degree(degree, 0)
+    _check_scheme(scheme)
+    rows = [[1.0] + [0.0] * degree]
+    if degree >= 1:
+        rows.append([0.0, 1.0] + [0.0] * (degree - 1))
+    for k in range(1, degree):
+        shifted = [0.0] + rows[k][:-1]
+        rows.append([(s - p) / (k + 1) for s, p in zip(shifted, rows[k - 1])])
+    if scheme == "legacy":
+        rows = [[c * math.sqrt(math.factorial(k)) for c in row] for k, row in enumerate(rows)]
+    return rows
+
+
+def _horner(x: torch.Tensor, coefficients: Sequence[torch.Tensor]) -> torch.Tensor:
+    """sum_j c_j x^j with 0-dim tensor coefficients (lowest power first); result in x's dtype."""
+    n = len(coefficients) - 1
+    if n == 0:
+        return torch.zeros_like(x).add_(coefficients[0])
+    y = torch.addcmul(coefficients[n - 1], x, coefficients[n])
+    for j in range(n - 2, -1, -1):
+        y = torch.addcmul(coefficients[j], y, x, out=y)
+    return y
+
+
+def _horner_derivative(x: torch.Tensor, coefficients: Sequence[torch.Tensor]) -> torch.Tensor:
+    n = len(coefficients) - 1
+    return _horner(x, [coefficients[j] * j for j in range(1, n + 1)]) if n >= 1 else torch.zeros_like(x)
+
+
+class _PolynomialFunction(torch.autograd.Function):
+    """y = p(u), u = x or lim * tanh(x / 2) (learnable clamp); saves x and the coefficients only."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, monomial: torch.Tensor, lim: Optional[torch.Tensor]):
+        ctx.save_for_backward(x, monomial, lim)
+        coefficients = list(monomial.to(x.dtype).unbind(0))
+        u = x if lim is None else torch.tanh(x * 0.5).mul_(lim.to(x.dtype))
+        return _horner(u, coefficients)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, monomial, lim = ctx.saved_tensors
+        grad = grad.contiguous()
+        coefficients = list(monomial.to(x.dtype).unbind(0))
+        if lim is None:
+            t, u = None, x
+        else:
+            t = torch.tanh(x * 0.5)
+            u = t * lim.to(x.dtype)
+        grad_x = grad_m = grad_lim = None
+        need_x, need_m = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        need_lim = lim is not None and ctx.needs_input_grad[2]
+        if need_x or need_lim:
+            grad_u = _horner_derivative(u, coefficients).mul_(grad)
+            if need_lim:
+                grad_lim = _sum_of_product(grad_u, t).to(lim.dtype)
+            if need_x:
+                grad_x = grad_u if t is None else grad_u.mul_(lim.to(x.dtype) * 0.5).mul_(1.0 - t * t)
+        if need_m:
+            # sum(grad * u^j) for every j: one running product, each sum a dot product
+            sums = [_sum(grad)]
+            power = grad
+            for j in range(1, monomial.numel()):
+                if j >= 2:
+                    power = power * u if j == 2 else power.mul_(u)
+                sums.append(_sum_of_product(power, u))
+            grad_m = torch.stack(sums).to(monomial.dtype)
+        return grad_x, grad_m, grad_lim
+
+
+class LearnableClamp(nn.Module):
+    """Smooth clamp ``lim_val * tanh(x / 2)`` (= ``(sigmoid(x) - 0.5) * 2 * lim_val``, torchortho's form)."""
+
+    def __init__(self, init_lim: float = math.sqrt(3.0), device=None, dtype=None):
+        super().__init__()
+        self.init_lim = init_lim
+        self.lim_val = nn.Parameter(torch.full((), init_lim, device=device, dtype=dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(x * 0.5) * self.lim_val.to(x.dtype)
+
+
+class _OrthoActivation(nn.Module):
+    """Shared plumbing: init values, reset, loading torchortho state dicts, fitting."""
+
+    # torchortho buffers that carry no information we need; accepted (and checked) when loading its state dicts
+    _reference_buffers: tuple[str, ...] = ()
+
+    def initial_parameters(self) -> dict[str, torch.Tensor]:
+        """Name -> freshly initialised value (in float64 on CPU) for every direct parameter."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        for name, value in self.initial_parameters().items():
+            param = getattr(self, name)
+            if not param.is_meta:
+                param.copy_(value)
+        clamp = getattr(self, "clamp", None)
+        if clamp is not None and not clamp.lim_val.is_meta:
+            clamp.lim_val.fill_(clamp.init_lim)
+
+    def _fit_terms(self, x: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Differentiable (value, derivative or None) on a small fitting grid; used only by ``fit_activation``."""
+        raise NotImplementedError
+
+    def _check_reference_buffer(self, name: str, value: torch.Tensor) -> None:
+        pass
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        for name in self._reference_buffers:
+            key = prefix + name
+            if key in state_dict:
+                self._check_reference_buffer(name, state_dict.pop(key))
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+    def _fit_signature(self) -> str:
+        return f"{type(self).__name__}-{self.degree}-{self.scheme}"
+
+
+class HermiteActivation(_OrthoActivation):
+    """``y = sum_{k=0..degree} a_k He_k(u) / k!`` with ``u = x`` or a learnable clamp of x.
+
+    Default init (torchortho 0.1.2): ``a_0 = sqrt(1 - 1/degree!) / sqrt(e)``, ``a_k = 1 / sqrt(e)`` -- the
+    truncated series of ``exp(x - 1)``; for x ~ N(0, 1), ``E[y^2] = E[y'^2] = e^-1 sum_{k<degree} 1/k!``.
+    ``scheme="legacy"``: basis ``He_k / sqrt(k!)``, ``a_0 = 0.66549 sqrt(6)/pi``, ``a_k = sqrt(6)/pi / k^1.5``.
+    """
+
+    _reference_buffers = ("coeffs", "grid", "normalization_term")
+
+    def __init__(
+            self,
+            degree: int = 3,
+            clamp: bool = False,
+            act_init: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+            requires_grad: bool = True,
+            scheme: str = "default",
+            fit_cache_dir: Optional[str] = None,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        self.degree = _check_degree(degree)
+        self.scheme = _check_scheme(scheme)
+        self.coefficients = nn.Parameter(torch.empty(degree + 1, device=device, dtype=dtype),
+                                         requires_grad=requires_grad)
+        self.clamp = LearnableClamp(math.sqrt(3.0), device=device, dtype=dtype) if clamp else None
+        self._basis = hermite_to_monomial(degree, scheme)
+        self._basis_cache: dict = {}
+        self.reset_parameters()
+        if act_init is not None:
+            fit_activation(self, act_init, cache_dir=fit_cache_dir)
+
+    def initial_parameters(self) -> dict[str, torch.Tensor]:
+        n = self.degree
+        a = torch.empty(n + 1, dtype=torch.float64)
+        if self.scheme == "default":
+            a.fill_(1.0 / math.sqrt(math.e))
+            a[0] = math.sqrt(1.0 - 1.0 / math.factorial(n)) / math.sqrt(math.e)
+        else:
+            a[1:] = _LEGACY_GAIN / torch.arange(1, n + 1, dtype=torch.float64) ** 1.5
+            a[0] = _LEGACY_BIAS * _LEGACY_GAIN
+        return {"coefficients": a}
+
+    def _basis_matrix(self, like: torch.Tensor) -> torch.Tensor:
+        key = (like.device, like.dtype)
+        matrix = self._basis_cache.get(key)
+        if matrix is None:
+            matrix = self._basis_cache[key] = torch.tensor(self._basis, device=like.device, dtype=like.dtype)
+        return matrix
+
+    def monomial_coefficients(self) -> torch.Tensor:
+        """Coefficients of the same polynomial in powers of u (lowest first); differentiable."""
+        return self.coefficients @ self._basis_matrix(self.coefficients)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_input(x, type(self).__name__)
+        lim = None if self.clamp is None else self.clamp.lim_val
+        return _PolynomialFunction.apply(x, self.monomial_coefficients(), lim)
+
+    def _fit_terms(self, x):
+        u, du = x, torch.ones_like(x)
+        if self.clamp is not None:
+            t = torch.tanh(x * 0.5)
+            u, du = t * self.clamp.lim_val, self.clamp.lim_val * 0.5 * (1 - t * t)
+        m = self.monomial_coefficients()
+        powers = torch.stack([u ** j for j in range(self.degree + 1)], -1)
+        value = powers @ m
+        deriv = (powers[..., :-1] @ (m[1:] * torch.arange(1, self.degree + 1, dtype=m.dtype))) * du
+        return value, deriv
+
+    def _check_reference_buffer(self, name, value):
+        if name == "coeffs" and value.ndim == 2 and value.shape[0] > 2:
+            # torchortho's coeffs[2, 0] is 1/2! (0.1.2) or sqrt(2!)/2! (0.1.0/0.1.1)
+            found = "default" if abs(float(value[2, 0]) - 0.5) < 1e-4 else "legacy"
+            if found != self.scheme:
+                raise ValueError(f"checkpoint uses the {found!r} Hermite basis but this HermiteActivation has "
+                                 f"scheme={self.scheme!r}; build it with scheme={found!r}")
+
+    def _fit_signature(self) -> str:
+        return super()._fit_signature() + f"-clamp{self.clamp is not None}"
+
+    def extra_repr(self) -> str:
+        return f"degree={self.degree}, scheme={self.scheme!r}" + (", clamp=True" if self.clamp is not None else "")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Fourier
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class _FourierFunction(torch.autograd.Function):
+    """y = f + sum_k s_k c_k cos(w_k x - phi_k), s_k = 1/k! (or 1); saves x and the coefficients only."""
+
+    @staticmethod
+    def forward(ctx, x, fundamental, phases, coefficients, grid, scale):
+        ctx.save_for_backward(x, fundamental, phases, coefficients, grid, scale)
+        dt = x.dtype
+        weights = (coefficients * scale).to(dt).unbind(0)
+        w, phi = grid.to(dt).unbind(0), phases.to(dt).unbind(0)
+        y = torch.empty_like(x).fill_(fundamental.to(dt).reshape(()))
+        z = torch.empty_like(x)
+        for k in range(len(weights)):
+            torch.addcmul(-phi[k], x, w[k], out=z).cos_()
+            y.addcmul_(z, weights[k])
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, fundamental, phases, coefficients, grid, scale = ctx.saved_tensors
+        grad = grad.contiguous()
+        dt = x.dtype
+        need_x, need_f, need_phi, need_c, need_w = ctx.needs_input_grad[:5]
+        n = coefficients.numel()
+        weights = coefficients * scale
+        w_t, phi_t, weights_t = grid.to(dt).unbind(0), phases.to(dt).unbind(0), weights.to(dt).unbind(0)
+        grad_x = torch.zeros_like(x) if need_x else None
+        sum_cos, sum_gsin, sum_gsin_x = [], [], []
+        z = torch.empty_like(x)
+        buf = torch.empty_like(x) if (need_c or need_phi or need_w) else None
+        for k in range(n):
+            torch.addcmul(-phi_t[k], x, w_t[k], out=z)
+            if need_c:
+                torch.cos(z, out=buf)
+                sum_cos.append(_sum_of_product(grad, buf))
+            z.sin_()
+            if need_x:
+                grad_x.addcmul_(z, -(weights_t[k] * w_t[k]))
+            if need_phi or need_w:
+                torch.mul(grad, z, out=buf)
+                sum_gsin.append(_sum(buf))
+                if need_w:
+                    sum_gsin_x.append(_sum_of_product(buf, x))
+        if need_x:
+            grad_x.mul_(grad)
+        grad_f = _sum(grad).reshape(1).to(fundamental.dtype) if need_f else None
+        grad_c = (torch.stack(sum_cos).to(coefficients.dtype) * scale) if need_c else None
+        grad_phi = (torch.stack(sum_gsin).to(phases.dtype) * weights) if need_phi else None
+        grad_w = (-torch.stack(sum_gsin_x).to(grid.dtype) * weights) if need_w else None
+        return grad_x, grad_f, grad_phi, grad_c, grad_w, None
+
+
+class FourierActivation(_OrthoActivation):
+    """``y = fundamental + sum_{k=1..degree} coefficients_k cos(grid_k x - phases_k) / k!``; all learnable.
+
+    ``grid`` holds the (learnable) frequencies. Default init (torchortho 0.1.2): ``grid_k = k``,
+    ``phases_k = pi/4``, ``coefficients_k = 1/sqrt(I0(2))``, ``fundamental = that * sqrt(1 - 1/(degree!)^2)``.
+    ``scheme="legacy"``: no ``1/k!``, ``coefficients_k = sqrt(6)/pi / k^1.5``, ``grid_k = k pi / sqrt(3)``,
+    ``fundamental = 0.66549 sqrt(6)/pi``.
+    """
+
+    _reference_buffers = ("normalization_term",)
+
+    def __init__(
+            self,
+            degree: int = 5,
+            act_init: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+            requires_grad: bool = True,
+            scheme: str = "default",
+            fit_cache_dir: Optional[str] = None,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        self.degree = _check_degree(degree)
+        self.scheme = _check_scheme(scheme)
+        dd = {"device": device, "dtype": dtype}
+        self.fundamental = nn.Parameter(torch.empty(1, **dd), requires_grad=requires_grad)
+        self.phases = nn.Parameter(torch.empty(degree, **dd), requires_grad=requires_grad)
+        self.coefficients = nn.Parameter(torch.empty(degree, **dd), requires_grad=requires_grad)
+        self.grid = nn.Parameter(torch.empty(degree, **dd), requires_grad=requires_grad)
+        if scheme == "default":
+            self._scale = [1.0 / math.factorial(k) for k in range(1, degree + 1)]
+        else:
+            self._scale = [1.0] * degree
+        self._scale_cache: dict = {}
+        self.reset_parameters()
+        if act_init is not None:
+            fit_activation(self, act_init, cache_dir=fit_cache_dir)
+
+    def initial_parameters(self) -> dict[str, torch.Tensor]:
+        n = self.degree
+        k = torch.arange(1, n + 1, dtype=torch.float64)
+        if self.scheme == "default":
+            c = 1.0 / math.sqrt(sum(1.0 / math.factorial(i) ** 2 for i in range(40)))  # 1/sqrt(I0(2))
+            return {"fundamental": torch.full((1,), c * math.sqrt(1.0 - 1.0 / math.factorial(n) ** 2),
+                                              dtype=torch.float64),
+                    "phases": torch.full((n,), math.pi / 4, dtype=torch.float64),
+                    "coefficients": torch.full((n,), c, dtype=torch.float64),
+                    "grid": k.clone()}
+        return {"fundamental": torch.full((1,), _LEGACY_BIAS * _LEGACY_GAIN, dtype=torch.float64),
+                "phases": torch.full((n,), math.pi / 4, dtype=torch.float64),
+                "coefficients": _LEGACY_GAIN / k ** 1.5,
+                "grid": k * math.pi / math.sqrt(3.0)}
+
+    def _scale_tensor(self, like: torch.Tensor) -> torch.Tensor:
+        key = (like.device, like.dtype)
+        scale = self._scale_cache.get(key)
+        if scale is None:
+            scale = self._scale_cache[key] = torch.tensor(self._scale, device=like.device, dtype=like.dtype)
+        return scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_input(x, type(self).__name__)
+        return _FourierFunction.apply(x, self.fundamental, self.phases, self.coefficients, self.grid,
+                                      self._scale_tensor(self.coefficients))
+
+    def _fit_terms(self, x):
+        z = x.unsqueeze(-1) * self.grid - self.phases
+        weights = self.coefficients * self._scale_tensor(self.coefficients)
+        value = (z.cos() * weights).sum(-1) + self.fundamental
+        deriv = -(z.sin() * weights * self.grid).sum(-1)
+        return value, deriv
+
+    def _check_reference_buffer(self, name, value):
+        if self.scheme == "legacy":
+            raise ValueError("checkpoint has torchortho 0.1.2's Fourier normalization_term (1/k! weights) but this "
+                             "FourierActivation has scheme='legacy'; build it with scheme='default'")
+
+    def extra_repr(self) -> str:
+        return f"degree={self.degree}, scheme={self.scheme!r}"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tropical (max of affine functions)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _upper_envelope(slopes: Sequence[float], intercepts: Sequence[float]) -> tuple[list[int], list[float]]:
+    """Lines on the upper envelope of ``max_k(slopes_k x + intercepts_k)``, left to right, and the breakpoints."""
+    order = sorted(range(len(slopes)), key=lambda i: (slopes[i], intercepts[i]))
+    hull: list[int] = []
+    for i in order:
+        if hull and slopes[hull[-1]] == slopes[i]:
+            hull.pop()  # same slope: the later one (sorted by intercept) is at least as high
+        while len(hull) >= 2:
+            a, b = hull[-2], hull[-1]
+            x_ab = (intercepts[a] - intercepts[b]) / (slopes[b] - slopes[a])
+            x_bi = (intercepts[b] - intercepts[i]) / (slopes[i] - slopes[b])
+            if x_bi <= x_ab:
+                hull.pop()  # b is never strictly above both neighbours
+            else:
+                break
+        hull.append(i)
+    breakpoints = [(intercepts[a] - intercepts[b]) / (slopes[b] - slopes[a]) for a, b in zip(hull, hull[1:])]
+    return hull, breakpoints
+
+
+class _MaxAffineFunction(torch.autograd.Function):
+    """y = scale * max_k(slopes_k x + intercepts_k); saves x and the coefficients only.
+
+    Only the lines on the upper envelope are evaluated (two at a tropical activation's init). Backward rebuilds
+    the slope map from the envelope's breakpoints, ``s_0 + sum_i (s_{i+1} - s_i) [x > b_i]``, and the per-line
+    sums from the same masks. Gradients follow torch.max: each element credits the line that attains the max.
+    The envelope is computed on the host from the (degree + 1) coefficients, one small device sync per call.
+    """
+
+    @staticmethod
+    def forward(ctx, x, slopes, intercepts, scale: float):
+        hull, breakpoints = _upper_envelope(slopes.detach().double().cpu().tolist(),
+                                            intercepts.detach().double().cpu().tolist())
+        ctx.save_for_backward(x, slopes, intercepts)
+        ctx.scale, ctx.hull, ctx.breakpoints = scale, hull, breakpoints
+        s = (slopes * scale).to(x.dtype)
+        c = (intercepts * scale).to(x.dtype)
+        y = torch.addcmul(c[hull[0]], x, s[hull[0]])
+        if len(hull) > 1:
+            line = torch.empty_like(x)
+            for i in hull[1:]:
+                torch.maximum(y, torch.addcmul(c[i], x, s[i], out=line), out=y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, slopes, intercepts = ctx.saved_tensors
+        scale, hull, breakpoints = ctx.scale, ctx.hull, ctx.breakpoints
+        grad = grad.contiguous()
+        need_x, need_s, need_c = ctx.needs_input_grad[:3]
+        s = (slopes * scale).to(x.dtype)
+        slope_map = torch.full_like(x, 0.0).add_(s[hull[0]]) if need_x else None
+        grad_times_x = grad * x if need_s else None
+        # tail sums: sum over elements right of breakpoint i (i = 0 means everything)
+        tail_g = [_sum(grad)] if need_c else []
+        tail_gx = [_sum(grad_times_x)] if need_s else []
+        mask = torch.empty_like(x) if breakpoints else None
+        for i, b in enumerate(breakpoints):
+            torch.gt(x, b, out=mask)  # 1.0 right of the breakpoint, in x's dtype
+            if need_x:
+                slope_map.addcmul_(mask, s[hull[i + 1]] - s[hull[i]])
+            if need_c:
+                tail_g.append(_sum_of_product(grad, mask))
+            if need_s:
+                tail_gx.append(_sum_of_product(grad_times_x, mask))
+
+        def per_line(tails, like):
+            tails = torch.stack(tails + [torch.zeros_like(tails[0])])
+            out = torch.zeros_like(like)
+            out[hull] = ((tails[:-1] - tails[1:]) * scale).to(like.dtype)
+            return out
+
+        grad_x = slope_map.mul_(grad) if need_x else None
+        grad_s = per_line(tail_gx, slopes) if need_s else None
+        grad_c = per_line(tail_g, intercepts) if need_c else None
+        return grad_x, grad_s, grad_c, None
+
+
+def _max_affine(x: torch.Tensor, slopes: torch.Tensor, intercepts: torch.Tensor, scale: float) -> torch.Tensor:
+    if x.is_meta or slopes.is_meta or intercepts.is_meta:
+        return torch.empty_like(x)  # shape/dtype propagation only (timm's meta-device checks)
+    return _MaxAffineFunction.apply(x, slopes, intercepts, scale)
+
+
+class TropicalActivation(_OrthoActivation):
+    """``y = gain * max_{k=0..degree}(k x + coefficients_k)``, gain ``sqrt(2)/degree`` (legacy: 1).
+
+    The slopes are fixed; ``coefficients`` init to ones, so at init ``y = sqrt(2) ReLU(x) + sqrt(2)/degree``.
+    """
+
+    _reference_buffers = ("powers",)
+
+    def __init__(
+            self,
+            degree: int = 5,
+            act_init: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+            requires_grad: bool = True,
+            scheme: str = "default",
+            fit_cache_dir: Optional[str] = None,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        self.degree = _check_degree(degree)
+        self.scheme = _check_scheme(scheme)
+        self.gain = math.sqrt(2.0) / degree if scheme == "default" else 1.0
+        self.coefficients = nn.Parameter(torch.empty(degree + 1, device=device, dtype=dtype),
+                                         requires_grad=requires_grad)
+        self._slopes_cache: dict = {}
+        self.reset_parameters()
+        if act_init is not None:
+            fit_activation(self, act_init, cache_dir=fit_cache_dir)
+
+    def initial_parameters(self) -> dict[str, torch.Tensor]:
+        return {"coefficients": torch.ones(self.degree + 1, dtype=torch.float64)}
+
+    def _slopes(self, like: torch.Tensor) -> torch.Tensor:
+        key = (like.device, like.dtype)
+        slopes = self._slopes_cache.get(key)
+        if slopes is None:
+            slopes = self._slopes_cache[key] = torch.arange(self.degree + 1, device=like.device, dtype=like.dtype)
+        return slopes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_input(x, type(self).__name__)
+        return _max_affine(x, self._slopes(self.coefficients), self.coefficients, self.gain)
+
+    def _fit_terms(self, x):
+        value = (x.unsqueeze(-1) * self._slopes(self.coefficients) + self.coefficients).amax(-1) * self.gain
+        return value, None
+
+    def _check_reference_buffer(self, name, value):
+        if value.numel() != self.degree + 1:
+            raise ValueError(f"checkpoint 'powers' has {value.numel()} entries, expected degree + 1 = {self.degree + 1}")
+
+    def extra_repr(self) -> str:
+        return f"degree={self.degree}, scheme={self.scheme!r}"
+
+
+class TropicalRationalActivation(_OrthoActivation):
+    """``y = max_k(powers_num_k x + coefficients_num_k) - max_k(powers_denom_k x + coefficients_denom_k)``.
+
+    All four vectors are learnable. torchortho draws them from ``randn`` with no variance control; so do we
+    (through torch's global generator, like any other layer init).
+    """
+
+    def __init__(
+            self,
+            degree: int = 6,
+            act_init: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+            requires_grad: bool = True,
+            scheme: str = "default",
+            fit_cache_dir: Optional[str] = None,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        self.degree = _check_degree(degree)
+        self.scheme = _check_scheme(scheme)  # both torchortho versions share this activation
+        dd = {"device": device, "dtype": dtype}
+        for name in ("powers_num", "powers_denom", "coefficients_num", "coefficients_denom"):
+            setattr(self, name, nn.Parameter(torch.empty(degree + 1, **dd), requires_grad=requires_grad))
+        self.reset_parameters()
+        if act_init is not None:
+            fit_activation(self, act_init, cache_dir=fit_cache_dir)
+
+    def initial_parameters(self) -> dict[str, torch.Tensor]:
+        n = self.degree + 1
+        # float32 draws in torchortho's order, so the same seed gives the same init
+        return {name: torch.randn(n).double()
+                for name in ("powers_num", "powers_denom", "coefficients_num", "coefficients_denom")}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_input(x, type(self).__name__)
+        return (_max_affine(x, self.powers_num, self.coefficients_num, 1.0)
+                - _max_affine(x, self.powers_denom, self.coefficients_denom, 1.0))
+
+    def _fit_terms(self, x):
+        xe = x.unsqueeze(-1)
+        value = ((xe * self.powers_num + self.coefficients_num).amax(-1)
+                 - (xe * self.powers_denom + self.coefficients_denom).amax(-1))
+        return value, None
+
+    def extra_repr(self) -> str:
+        return f"degree={self.degree}"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Fitting to a target activation
+# ----------------------------------------------------------------------------------------------------------------
+
+# (half-width of the fitting interval as a function of degree, number of grid points, Adam steps, Adam lr)
+_FIT_SETTINGS = {
+    HermiteActivation: (lambda n: math.sqrt(n), 512, 0, 0.0),
+    FourierActivation: (lambda n: 2.0 * n, 256, 2000, 0.01),
+    TropicalActivation: (lambda n: float(n), 256, 2000, 0.01),
+    TropicalRationalActivation: (lambda n: float(n), 256, 2000, 0.01),
+}
+
+
+def _target_values(target: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor):
+    x = x.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        y = target(x)
+        if not isinstance(y, torch.Tensor) or y.shape != x.shape:
+            raise ValueError("act_init must map a 1-D tensor to a tensor of the same shape")
+        (dy,) = torch.autograd.grad(y.sum(), x, allow_unused=True)
+    return y.detach(), (torch.zeros_like(x) if dy is None else dy.detach())
+
+
+def fit_activation(
+        module: nn.Module,
+        target: Callable[[torch.Tensor], torch.Tensor],
+        *,
+        half_width: Optional[float] = None,
+        num_points: Optional[int] = None,
+        steps: Optional[int] = None,
+        lr: Optional[float] = None,
+        cache_dir: Optional[str] = None,
+) -> float:
+    """Fit ``module``'s coefficients in place to ``target`` (value and derivative); returns the final loss.
+
+    The loss is ``mean((f - t)^2) + mean((f' - t')^2)`` on ``num_points`` evenly spaced points of
+    ``[-half_width, half_width]`` (tropical activations fit the value only: their derivative is piecewise
+    constant). Hermite is linear in its coefficients and is solved exactly by least squares (a learnable clamp
+    is held at its current value); the others run ``steps`` Adam steps from the current parameters, in float64 on
+    CPU. The result is deterministic. With ``cache_dir`` the fitted values are stored there as
+    ``<class>-<degree>-<scheme>-<hash of target and settings>.pt`` and reused; nothing is written otherwise.
+    """
+    kind = type(module)
+    if kind not in _FIT_SETTINGS:
+        raise TypeError(f"fit_activation expects one of {[c.__name__ for c in _FIT_SETTINGS]}, got {kind.__name__}")
+    width_fn, default_points, default_steps, default_lr = _FIT_SETTINGS[kind]
+    half_width = width_fn(module.degree) if half_width is None else float(half_width)
+    num_points = default_points if num_points is None else int(num_points)
+    steps = default_steps if steps is None else int(steps)
+    lr = default_lr if lr is None else float(lr)
+    if half_width <= 0 or num_points < 2 or steps < 0 or lr < 0:
+        raise ValueError("fit_activation needs half_width > 0, num_points >= 2, steps >= 0 and lr >= 0")
+
+    cache_file = None
+    if cache_dir is not None:
+        key = f"{module._fit_signature()}|{target!r}|{half_width}|{num_points}|{steps}|{lr}"
+        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+        cache_file = os.path.join(cache_dir, f"{module._fit_signature()}-{digest}.pt")
+        if os.path.exists(cache_file):
+            cached = torch.load(cache_file, map_location="cpu", weights_only=True)
+            with torch.no_grad():
+                for name, value in cached["parameters"].items():
+                    module.get_parameter(name).copy_(value)
+            return float(cached["loss"])
+
+    work = _float64_copy(module)
+    x = torch.linspace(-half_width, half_width, num_points, dtype=torch.float64)
+    y, dy = _target_values(target, x)
+
+    def loss_fn() -> torch.Tensor:
+        value, deriv = work._fit_terms(x)
+        loss = F.mse_loss(value, y)
+        return loss if deriv is None else loss + F.mse_loss(deriv, dy)
+
+    if kind is HermiteActivation:
+        with torch.no_grad():
+            # value and derivative are both linear in the coefficients: stack the two design matrices
+            eye = torch.eye(module.degree + 1, dtype=torch.float64)
+            columns = []
+            for row in eye:
+                work.coefficients.copy_(row)
+                columns.append(torch.cat(work._fit_terms(x)))
+            design = torch.stack(columns, 1)
+            solution = torch.linalg.lstsq(design, torch.cat([y, dy]).unsqueeze(1)).solution.squeeze(1)
+            work.coefficients.copy_(solution)
+    else:
+        if kind is FourierActivation:
+            _fourier_least_squares_start(work, x, y, dy)
+        params = [p for p in work.parameters()]
+        optimizer = torch.optim.Adam(params, lr=lr)
+        best = (float("inf"), None)
+        for _ in range(steps):
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn()
+            if loss.item() < best[0]:
+                best = (loss.item(), [p.detach().clone() for p in params])
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            if best[1] is not None and loss_fn().item() > best[0]:
+                for p, value in zip(params, best[1]):
+                    p.copy_(value)
+    with torch.no_grad():
+        final = float(loss_fn())
+        fitted = {name: p.detach().clone() for name, p in work.named_parameters()}
+        for name, value in fitted.items():
+            module.get_parameter(name).copy_(value)
+    if cache_file is not None:
+        os.makedirs(cache_dir, exist_ok=True)
+        torch.save({"parameters": {k: v.float() for k, v in fitted.items()}, "loss": final}, cache_file)
+    return final
+
+
+@torch.no_grad()
+def _fourier_least_squares_start(work: "FourierActivation", x, y, dy) -> None:
+    """Starting point for the Adam fit: harmonic frequencies k * w0, amplitudes and phases by least squares.
+
+    For fixed frequencies the Fourier activation is linear in (fundamental, A_k, B_k) with
+    ``c_k s_k cos(w_k x - phi_k) = A_k cos(w_k x) + B_k sin(w_k x)``; w0 is picked from a fixed grid of
+    fractions of the base frequency of the fitting interval. Deterministic; a plain Adam run from the default
+    init stalls because the frequencies barely move.
+    """
+    half_width = float(x.abs().max())
+    k = torch.arange(1, work.degree + 1, dtype=torch.float64)
+    scale = torch.tensor(work._scale, dtype=torch.float64)
+    best = None
+    for fraction in torch.linspace(0.05, 1.0, 20, dtype=torch.float64).tolist():
+        w = k * (math.pi / half_width) * fraction
+        z = x.unsqueeze(1) * w
+        value = torch.cat([torch.ones_like(x).unsqueeze(1), z.cos(), z.sin()], 1)
+        deriv = torch.cat([torch.zeros_like(x).unsqueeze(1), -w * z.sin(), w * z.cos()], 1)
+        design, target = torch.cat([value, deriv]), torch.cat([y, dy]).unsqueeze(1)
+        solution = torch.linalg.lstsq(design, target).solution.squeeze(1)
+        loss = (design @ solution - target.squeeze(1)).pow(2).mean().item()
+        if best is None or loss < best[0]:
+            best = (loss, w, solution)
+    _, w, solution = best
+    a, b = solution[1:1 + work.degree], solution[1 + work.degree:]
+    work.fundamental.copy_(solution[:1])
+    work.grid.copy_(w)
+    work.coefficients.copy_(torch.sqrt(a * a + b * b) / scale)
+    work.phases.copy_(torch.atan2(b, a))
+
+
+def _float64_copy(module: _OrthoActivation) -> _OrthoActivation:
+    import copy
+
+    work = copy.deepcopy(module).to(device="cpu", dtype=torch.float64)
+    for cache in ("_basis_cache", "_scale_cache", "_slopes_cache"):
+        if hasattr(work, cache):
+            setattr(work, cache, {})
+    work.requires_grad_(True)
+    return work
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Factory and helpers
+# ----------------------------------------------------------------------------------------------------------------
+
+ACTIVATION_CLASSES = {
+    "hermite": HermiteActivation,
+    "fourier": FourierActivation,
+    "tropical": TropicalActivation,
+    "tropical_rational": TropicalRationalActivation,
+}
+# the paper's settings (GPT-2: Hermite 3, Fourier 5; ConvNeXt: Hermite 3, Fourier 5, Tropical 5)
+DEFAULT_DEGREES = {"hermite": 3, "fourier": 5, "tropical": 5, "tropical_rational": 6}
+
+
+def create_activation(name: str, degree: Optional[int] = None, **kwargs) -> nn.Module:
+    """Build an activation by name (``hermite``, ``fourier``, ``tropical``, ``tropical_rational``)."""
+    if name not in ACTIVATION_CLASSES:
+        raise ValueError(f"unknown learnable activation {name!r}; expected one of {sorted(ACTIVATION_CLASSES)}")
+    return ACTIVATION_CLASSES[name](DEFAULT_DEGREES[name] if degree is None else degree, **kwargs)
+
+
+def activation_parameter_names(model: nn.Module) -> set[str]:
+    """Names of every parameter that belongs to a learnable activation (for no-weight-decay groups)."""
+    names = set()
+    for module_name, module in model.named_modules():
+        if isinstance(module, _OrthoActivation):
+            prefix = f"{module_name}." if module_name else ""
+            names.update(prefix + n for n, _ in module.named_parameters())
+    return names

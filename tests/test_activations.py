@@ -1,0 +1,314 @@
+"""Learnable Hermite / Fourier / tropical activations: parity with torchortho 0.1.2, gradients, moments, dtype."""
+import math
+import os
+
+import pytest
+import torch
+import torch.nn as nn
+
+from dcls_zoo.layers.activations import (
+    FourierActivation,
+    HermiteActivation,
+    TropicalActivation,
+    TropicalRationalActivation,
+    activation_parameter_names,
+    create_activation,
+    fit_activation,
+    hermite_to_monomial,
+)
+
+torchortho = pytest.importorskip("torchortho")
+
+PAIRS = [
+    (torchortho.HermiteActivation, HermiteActivation, (1, 2, 3, 5, 8)),
+    (torchortho.FourierActivation, FourierActivation, (1, 3, 5, 6)),
+    (torchortho.TropicalActivation, TropicalActivation, (1, 3, 5, 12)),
+    (torchortho.TropicalRationalActivation, TropicalRationalActivation, (1, 3, 6)),
+]
+CASES = [(ref, ours, n) for ref, ours, degrees in PAIRS for n in degrees]
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| / max |b| (a relative error that does not blow up where b crosses zero)."""
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+
+
+def _inputs(n=4096, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, generator=g) * 2.5
+    # torchortho's Hermite gradient is wrong at exactly 0 (sign(0) = 0); keep parity inputs away from it
+    return torch.where(x.abs() < 1e-3, torch.full_like(x, 1e-3), x), torch.randn(n, generator=g)
+
+
+def _compare(ref, ours, x, upstream):
+    x_ref, x_ours = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y_ref, y_ours = ref(x_ref), ours(x_ours)
+    y_ref.backward(upstream)
+    y_ours.backward(upstream)
+    assert _rel(y_ours.detach(), y_ref.detach()) <= 1e-5
+    assert _rel(x_ours.grad, x_ref.grad) <= 1e-5
+    ref_params, our_params = dict(ref.named_parameters()), dict(ours.named_parameters())
+    assert sorted(ref_params) == sorted(our_params)
+    for name, p in ref_params.items():
+        assert _rel(our_params[name].grad, p.grad) <= 1e-5, name
+
+
+@pytest.mark.parametrize("ref_cls,our_cls,degree", CASES, ids=lambda v: getattr(v, "__name__", str(v)))
+def test_parity_with_torchortho_at_init(ref_cls, our_cls, degree):
+    torch.manual_seed(degree)
+    ref = ref_cls(degree)
+    torch.manual_seed(degree)  # TropicalRational draws randn in the same order as torchortho
+    ours = our_cls(degree)
+    ref_state, our_state = ref.state_dict(), ours.state_dict()
+    for name, value in our_state.items():
+        assert value.shape == ref_state[name].shape and value.dtype == ref_state[name].dtype
+        torch.testing.assert_close(value, ref_state[name], rtol=1e-6, atol=1e-7)
+    _compare(ref, ours, *_inputs(seed=degree))
+
+
+@pytest.mark.parametrize("ref_cls,our_cls,degree", CASES, ids=lambda v: getattr(v, "__name__", str(v)))
+def test_parity_with_torchortho_random_parameters(ref_cls, our_cls, degree):
+    ref, ours = ref_cls(degree), our_cls(degree)
+    g = torch.Generator().manual_seed(100 + degree)
+    with torch.no_grad():
+        for name, p in ref.named_parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+    # torchortho's own state dict (with its buffers) loads strictly into ours
+    ours.load_state_dict(ref.state_dict())
+    _compare(ref, ours, *_inputs(seed=200 + degree))
+
+
+def test_parity_hermite_clamp():
+    ref, ours = torchortho.HermiteActivation(3, clamp=True), HermiteActivation(3, clamp=True)
+    with torch.no_grad():
+        ref.clamp.lim_val.fill_(1.3)
+    ours.load_state_dict(ref.state_dict())
+    assert set(dict(ours.named_parameters())) == {"coefficients", "clamp.lim_val"}
+    _compare(ref, ours, *_inputs(seed=7))
+
+
+@pytest.mark.parametrize("cls,kwargs", [
+    (HermiteActivation, dict(degree=4)), (HermiteActivation, dict(degree=3, clamp=True)),
+    (HermiteActivation, dict(degree=3, scheme="legacy")), (FourierActivation, dict(degree=3)),
+    (FourierActivation, dict(degree=2, scheme="legacy")), (TropicalActivation, dict(degree=4)),
+    (TropicalRationalActivation, dict(degree=3)),
+])
+def test_gradcheck_float64(cls, kwargs):
+    torch.manual_seed(0)
+    act = cls(**kwargs).double()
+    with torch.no_grad():  # perturb so no parameter sits at a symmetric point
+        for p in act.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    x = (torch.randn(64, dtype=torch.float64) * 2).requires_grad_()
+    params = tuple(act.parameters())
+    names = [n for n, _ in act.named_parameters()]
+
+    def fn(x, *values):
+        return torch.func.functional_call(act, dict(zip(names, values)), (x,))
+
+    if cls in (TropicalActivation, TropicalRationalActivation):
+        # piecewise linear: keep x away from the kinks so finite differences stay on one piece
+        x = x.detach()
+        for attempt in range(20):
+            y = fn(x, *params)
+            eps = 1e-4
+            if torch.allclose((fn(x + eps, *params) - fn(x - eps, *params)) / (2 * eps),
+                              (fn(x + eps / 2, *params) - fn(x - eps / 2, *params)) / eps, atol=1e-6):
+                break
+            x = x + 0.01
+        x.requires_grad_()
+    assert torch.autograd.gradcheck(fn, (x, *[p.detach().requires_grad_() for p in params]), eps=1e-6, atol=1e-6)
+
+
+def test_hermite_matches_probabilists_hermite_everywhere_including_zero():
+    """Independent formula (torch.special), both bases; our gradient at x = 0 is the true derivative."""
+    n = 5
+    x = torch.cat([torch.zeros(1), torch.linspace(-3, 3, 61)]).double().requires_grad_()
+    for scheme, norm in (("default", lambda k: math.factorial(k)), ("legacy", lambda k: math.sqrt(math.factorial(k)))):
+        act = HermiteActivation(n, scheme=scheme).double()
+        a = act.coefficients.detach()
+        he = [torch.special.hermite_polynomial_he(x.detach(), k) for k in range(n + 1)]
+        expected = sum(a[k] * he[k] / norm(k) for k in range(n + 1))
+        expected_grad = sum(a[k] * k * he[k - 1] / norm(k) for k in range(1, n + 1))  # He_k' = k He_{k-1}
+        y = act(x)
+        (grad,) = torch.autograd.grad(y.sum(), x)
+        torch.testing.assert_close(y, expected)
+        torch.testing.assert_close(grad, expected_grad)
+    # the reference returns a wrong derivative at exactly 0 (it drops the He_1 term); ours is a_1 - a_3/2 + ...
+    act = HermiteActivation(3)
+    zero = torch.zeros(1, requires_grad=True)
+    act(zero).sum().backward()
+    a = act.coefficients.detach()
+    torch.testing.assert_close(zero.grad, (a[1] - a[3] / 2).reshape(1))
+    ref_zero = torch.zeros(1, requires_grad=True)
+    torchortho.HermiteActivation(3)(ref_zero).sum().backward()
+    assert ref_zero.grad.item() == 0.0 and zero.grad.item() > 0.3
+
+
+def test_hermite_to_monomial_rows():
+    # He_3 / 3! = (x^3 - 3x) / 6 and He_4 / 4! = (x^4 - 6x^2 + 3) / 24
+    rows = hermite_to_monomial(4)
+    assert rows[3] == pytest.approx([0, -0.5, 0, 1 / 6, 0])
+    assert rows[4] == pytest.approx([3 / 24, 0, -6 / 24, 0, 1 / 24])
+    legacy = hermite_to_monomial(2, "legacy")
+    assert legacy[2] == pytest.approx([-1 / math.sqrt(2), 0, 1 / math.sqrt(2)])
+
+
+def _moments(act, samples=1 << 20):
+    x = torch.randn(samples, generator=torch.Generator().manual_seed(0), dtype=torch.float64).requires_grad_()
+    y = act.double()(x)
+    (dy,) = torch.autograd.grad(y.sum(), x)
+    return y.detach().pow(2).mean().item(), y.detach().var().item(), dy.pow(2).mean().item()
+
+
+@pytest.mark.parametrize("degree", [2, 3, 5])
+def test_hermite_variance_preserving_init(degree):
+    """E[y^2] = E[y'^2] = e^-1 sum_{k<n} 1/k! for x ~ N(0, 1) (paper's claim; 0.92 for n = 3)."""
+    expected = math.exp(-1) * sum(1 / math.factorial(k) for k in range(degree))
+    second, _, grad_second = _moments(HermiteActivation(degree))
+    assert second == pytest.approx(expected, rel=0.02)
+    assert grad_second == pytest.approx(expected, rel=0.02)
+
+
+def test_fourier_and_tropical_init_moments():
+    # documented values (activations.md section 4)
+    second, _, grad_second = _moments(FourierActivation(5))
+    assert second == pytest.approx(1.31, abs=0.01) and grad_second == pytest.approx(0.96, abs=0.01)
+    for n in (1, 3, 5, 12):
+        _, var, grad_second = _moments(TropicalActivation(n))
+        # y = sqrt(2) ReLU(x) + sqrt(2)/n exactly: Var = 2 Var(ReLU) = 1 - 1/pi, E[y'^2] = 1
+        assert var == pytest.approx(1 - 1 / math.pi, rel=0.01) and grad_second == pytest.approx(1.0, rel=0.01)
+    x = torch.linspace(-3, 3, 101)
+    torch.testing.assert_close(TropicalActivation(5)(x), math.sqrt(2) * torch.relu(x) + math.sqrt(2) / 5)
+
+
+def test_legacy_scheme_init_and_form():
+    act = HermiteActivation(3, scheme="legacy")
+    gain = math.sqrt(6) / math.pi
+    torch.testing.assert_close(act.coefficients.double(), torch.tensor(
+        [0.66549 * gain, gain, gain / 2 ** 1.5, gain / 3 ** 1.5], dtype=torch.float64), rtol=1e-6, atol=0)
+    four = FourierActivation(2, scheme="legacy")
+    torch.testing.assert_close(four.grid.double(), torch.tensor([1, 2], dtype=torch.float64) * math.pi / math.sqrt(3),
+                               rtol=1e-6, atol=0)
+    x = torch.linspace(-2, 2, 9, dtype=torch.float64)
+    four = four.double()
+    expected = four.fundamental + sum(four.coefficients[k] * torch.cos(four.grid[k] * x - four.phases[k])
+                                      for k in range(2))
+    torch.testing.assert_close(four(x), expected.detach())
+    trop = TropicalActivation(4, scheme="legacy")
+    torch.testing.assert_close(trop(torch.linspace(-2, 2, 9)), 1 + 4 * torch.relu(torch.linspace(-2, 2, 9)))
+    # legacy Hermite: orthonormal basis, so E[y^2] = sum a_k^2 and E[y'^2] = sum k a_k^2
+    second, _, grad_second = _moments(act)
+    a = act.coefficients.double()
+    assert second == pytest.approx((a ** 2).sum().item(), rel=0.02)
+    assert grad_second == pytest.approx((torch.arange(4) * a ** 2).sum().item(), rel=0.02)
+
+
+def test_loading_a_checkpoint_of_the_other_scheme_is_refused():
+    with pytest.raises(ValueError, match="scheme='default'"):
+        HermiteActivation(3, scheme="legacy").load_state_dict(torchortho.HermiteActivation(3).state_dict())
+    with pytest.raises(ValueError, match="scheme='default'"):
+        FourierActivation(3, scheme="legacy").load_state_dict(torchortho.FourierActivation(3).state_dict())
+
+
+@pytest.mark.parametrize("cls", [HermiteActivation, FourierActivation, TropicalActivation,
+                                 TropicalRationalActivation])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_dtype_preserved(cls, dtype):
+    act = cls(3)
+    x = torch.randn(2, 7, 16, dtype=dtype, requires_grad=True)
+    y = act(x)
+    assert y.dtype == dtype and y.shape == x.shape
+    y.float().sum().backward()
+    assert x.grad.dtype == dtype
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in act.parameters())
+    # same function as in fp32, to the input precision
+    torch.testing.assert_close(y.float(), act(x.detach().float()), rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize("cls", [HermiteActivation, FourierActivation, TropicalActivation])
+def test_saves_only_the_input_for_backward(cls):
+    act = cls(5)
+    x = torch.randn(64, 128, requires_grad=True)
+    saved = {}
+
+    def pack(t):
+        if t.numel() > 1000:
+            saved[t.untyped_storage().data_ptr()] = t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        act(x).sum().backward()
+    assert sum(saved.values()) == x.numel() * x.element_size()
+
+
+def test_meta_device_and_factory_kwargs():
+    for cls in (HermiteActivation, FourierActivation, TropicalActivation, TropicalRationalActivation):
+        act = cls(3, device="meta", dtype=torch.bfloat16)
+        assert all(p.is_meta and p.dtype == torch.bfloat16 for p in act.parameters())
+        y = act(torch.empty(2, 3, device="meta", dtype=torch.bfloat16))
+        assert y.is_meta and y.shape == (2, 3) and y.dtype == torch.bfloat16
+
+
+def test_bad_arguments_raise_clear_errors():
+    with pytest.raises(ValueError, match="degree must be an integer >= 1"):
+        HermiteActivation(0)
+    with pytest.raises(ValueError, match="scheme must be one of"):
+        FourierActivation(3, scheme="0.1.1")
+    with pytest.raises(ValueError, match="unknown learnable activation"):
+        create_activation("rational")
+    with pytest.raises(TypeError, match="floating-point tensor"):
+        TropicalActivation(3)(torch.arange(4))
+
+
+def test_fit_to_gelu_is_deterministic_and_writes_nothing(tmp_path):
+    import dcls_zoo.layers as layers_pkg
+
+    package_dir = os.path.dirname(layers_pkg.__file__)
+    before = sorted(os.listdir(package_dir))
+    gelu = nn.GELU()
+    a = HermiteActivation(3, act_init=gelu)
+    b = HermiteActivation(3, act_init=gelu)
+    torch.testing.assert_close(a.coefficients, b.coefficients, rtol=0, atol=0)
+    # least squares on value + derivative (independent solve with torch.special): same coefficients
+    x = torch.linspace(-math.sqrt(3), math.sqrt(3), 512, dtype=torch.float64).requires_grad_()
+    target = gelu(x)
+    (dtarget,) = torch.autograd.grad(target.sum(), x)
+    x = x.detach()
+    value = torch.stack([torch.special.hermite_polynomial_he(x, k) / math.factorial(k) for k in range(4)], 1)
+    deriv = torch.cat([torch.zeros(512, 1, dtype=torch.float64), value[:, :3]], 1)  # (He_k/k!)' = He_{k-1}/(k-1)!
+    solution = torch.linalg.lstsq(torch.cat([value, deriv]), torch.cat([target, dtarget]).detach().unsqueeze(1))
+    torch.testing.assert_close(a.coefficients.double(), solution.solution.squeeze(1), rtol=1e-5, atol=1e-6)
+    # a better fit than torchortho's (loss_min 0.0172 with its wrong derivative target)
+    loss = fit_activation(HermiteActivation(3), gelu)
+    assert loss < 0.0172
+
+    f1, f2 = FourierActivation(3), FourierActivation(3)
+    loss_1, loss_2 = fit_activation(f1, gelu, steps=300), fit_activation(f2, gelu, steps=300)
+    assert loss_1 == loss_2 and loss_1 < 0.0112  # below the least-squares start (0.01124)
+    for p, q in zip(f1.parameters(), f2.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+    grid = torch.linspace(-3, 3, 101)
+    assert (f1(grid) - gelu(grid)).abs().max() < 0.1
+    torch.manual_seed(0)
+    tr = TropicalRationalActivation(4)
+    fit_activation(tr, gelu, steps=500)
+    assert (tr(grid) - gelu(grid)).abs().max() < 0.25
+    assert sorted(os.listdir(package_dir)) == before
+
+    # an explicit cache directory is used, and reloading from it gives the same values
+    cache = tmp_path / "fits"
+    c1, c2 = FourierActivation(3), FourierActivation(3)
+    assert fit_activation(c1, gelu, steps=20, cache_dir=str(cache)) == fit_activation(c2, gelu, steps=20,
+                                                                                      cache_dir=str(cache))
+    assert len(os.listdir(cache)) == 1
+    for p, q in zip(c1.parameters(), c2.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+def test_activation_parameter_names_and_factory():
+    model = nn.Sequential(nn.Linear(4, 8), create_activation("fourier"), nn.Linear(8, 4),
+                          create_activation("hermite", clamp=True))
+    assert model[1].degree == 5 and model[3].degree == 3
+    assert activation_parameter_names(model) == {"1.fundamental", "1.phases", "1.coefficients", "1.grid",
+                                                  "3.coefficients", "3.clamp.lim_val"}
