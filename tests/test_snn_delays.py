@@ -1,0 +1,256 @@
+"""SNN with learnable delays: parity with the original network assembled from dcls + spikingjelly (test-only)."""
+import pytest
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from dcls_zoo.models.snn_delays import (
+    SigmaSchedule, SnnDelays, checkpoint_filter_fn, clamp_delays, convert_delays_for_inference,
+    export_integer_delays, rounded_delays, snn_delays_param_groups,
+)
+
+DCLS = pytest.importorskip("DCLS.construct.modules")
+from spikingjelly.activation_based import functional, layer, neuron, surrogate  # noqa: E402
+
+SHD_TAU = (10.05 + 1e-9) / 10
+SSC_TAU = (15 + 1e-9) / 10
+
+
+class OriginalSnnDelays(nn.Module):
+    """The original `SnnDelays` network (state-dict layout `model.{k}`) from dcls.Dcls1d and spikingjelly."""
+
+    def __init__(self, n_in, hidden, n_out, max_delay, tau, drop):
+        super().__init__()
+        widths, mods = (n_in, *hidden), []
+        lif = dict(surrogate_function=surrogate.ATan(alpha=5.0), detach_reset=True, step_mode="m", decay_input=False,
+                   store_v_seq=True)
+        for i in range(len(hidden)):
+            mods += [
+                DCLS.Dcls1d(widths[i], widths[i + 1], kernel_count=1, groups=1, dilated_kernel_size=max_delay,
+                            bias=False, version="gauss"),
+                layer.BatchNorm1d(widths[i + 1], step_mode="m"),
+                neuron.LIFNode(tau=tau, v_threshold=1.0, **lif),
+                layer.Dropout(drop, step_mode="m"),
+            ]
+        mods += [
+            DCLS.Dcls1d(widths[-1], n_out, kernel_count=1, groups=1, dilated_kernel_size=max_delay, bias=False,
+                        version="gauss"),
+            neuron.LIFNode(tau=tau, v_threshold=1e9, **lif),
+        ]
+        self.model = nn.Sequential(*mods)
+        self.n_hidden, self.max_delay = len(hidden), max_delay
+        with torch.no_grad():  # the original's init_model
+            for m in self.model:
+                if isinstance(m, DCLS.Dcls1d):
+                    nn.init.kaiming_uniform_(m.weight, nonlinearity="relu")
+                    nn.init.uniform_(m.P, -max_delay // 2, max_delay // 2)
+                    m.clamp_parameters()
+                    m.SIG.fill_(max_delay // 2)
+                    m.SIG.requires_grad = False
+
+    def forward(self, x):  # (T, B, C) -> (v_seq (T_out, B, n_out), hidden spikes)
+        pad = (self.max_delay - 1, (self.max_delay - 1) // 2)
+        hidden = []
+        for b in range(self.n_hidden):
+            x = self.model[4 * b](F.pad(x.permute(1, 2, 0), pad)).permute(2, 0, 1)
+            x = self.model[4 * b + 1](x.unsqueeze(3)).squeeze()
+            x = self.model[4 * b + 3](self.model[4 * b + 2](x))
+            hidden.append(x)
+        out = self.model[-2](F.pad(x.permute(1, 2, 0), pad)).permute(2, 0, 1)
+        self.model[-1](out)
+        v = self.model[-1].v_seq
+        functional.reset_net(self)
+        return v, hidden
+
+    @torch.no_grad()
+    def round_delays(self):  # the original's eval_model transform
+        for m in self.model:
+            if isinstance(m, DCLS.Dcls1d):
+                m.SIG *= 0
+                m.version = m.DCK.version = "max"
+                m.P.round_()
+                m.clamp_parameters()
+
+
+def _pair(hidden=(24, 24), max_delay=25, tau=SHD_TAU, drop=0.4, n_out=20, seed=0):
+    torch.manual_seed(seed)
+    oracle = OriginalSnnDelays(140, hidden, n_out, max_delay, tau, drop)
+    with torch.no_grad():  # trained-looking BatchNorm statistics so eval mode differs from train mode
+        for m in oracle.model:
+            if isinstance(m, nn.BatchNorm1d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.0)
+                m.weight.uniform_(1.0, 2.0)
+                m.bias.uniform_(0.0, 0.5)
+    model = SnnDelays(num_inputs=140, num_classes=n_out, hidden_sizes=hidden, max_delay=max_delay, tau=tau,
+                      drop_rate=drop)
+    model.load_state_dict(checkpoint_filter_fn(oracle.state_dict(), model))
+    return oracle, model
+
+
+def _spikes(batch=3, steps=30, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    counts = torch.randint(0, 3, (batch, steps, 140), generator=g).float()
+    return counts * (torch.rand(batch, steps, 140, generator=g) < 0.3)
+
+
+@pytest.mark.parametrize("name, trainable", [
+    ("snn_delays_shd", 214_016), ("snn_delays_ssc", 1_230_848), ("snn_delays_gsc", 1_230_848)])
+def test_parameter_counts(name, trainable):
+    model = timm.create_model(name)
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == trainable
+    if name == "snn_delays_shd":
+        # 106,496 weights + 106,496 positions + 1,024 BatchNorm; the frozen widths SIG mirror the weights
+        assert sum(m.weight.numel() for m in model.delay_layers()) == 106_496
+        assert sum(p.numel() for p in model.parameters()) == 214_016 + 106_496
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_matches_original_in_training_mode(train):
+    oracle, model = _pair()
+    oracle.train(train)
+    model.train(train)
+    x = _spikes()
+    torch.manual_seed(7)  # same dropout masks: both draw F.dropout(ones_like(x[0])) per layer, in order
+    v_ref, hidden_ref = oracle(x.transpose(0, 1))
+    torch.manual_seed(7)
+    hidden = model.forward_intermediates(x, intermediates_only=True)
+    torch.manual_seed(7)
+    v = model.forward_potentials(x)
+    for h, h_ref in zip(hidden, hidden_ref):
+        assert 0 < h.count_nonzero() < h.numel()
+        assert torch.equal(h, h_ref.transpose(0, 1))  # every spike identical
+    # The Gaussian kernels are built in a different order of floating-point operations (1e-9 apart).
+    torch.testing.assert_close(v, v_ref.transpose(0, 1), rtol=1e-5, atol=1e-5)
+
+    if train:
+        torch.manual_seed(7)
+        scores = model(x)
+        torch.testing.assert_close(scores, v.softmax(-1).sum(1), rtol=1e-5, atol=1e-5)
+
+
+def test_gradients_match_original():
+    oracle, model = _pair(drop=0.0)
+    x = _spikes(seed=2)
+    y = torch.tensor([1, 5, 7])
+    v_ref, _ = oracle(x.transpose(0, 1))
+    F.cross_entropy(v_ref.softmax(-1).sum(0), y).backward()   # the original's 'sum' loss
+    F.cross_entropy(model(x), y).backward()
+    ref = dict(oracle.named_parameters())
+    for key, value in checkpoint_filter_fn({k: p.grad for k, p in ref.items() if p.grad is not None}, model).items():
+        if key.endswith(".rounded"):
+            continue
+        grad = model.get_parameter(key).grad
+        torch.testing.assert_close(grad, value, rtol=1e-3, atol=1e-6, msg=key)
+    assert model.blocks[0].delay.SIG.grad is None
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_matches_original_with_rounded_delays(train):
+    oracle, model = _pair(hidden=(20, 20, 20), max_delay=31, tau=SSC_TAU, drop=0.0, n_out=35, seed=3)
+    oracle.round_delays()
+    convert_delays_for_inference(model)
+    oracle.train(train)
+    model.train(train)
+    x = _spikes(batch=2, steps=40, seed=4)
+    v_ref, _ = oracle(x.transpose(0, 1))
+    assert torch.equal(model.forward_potentials(x), v_ref.transpose(0, 1))
+
+
+def test_pretrained_path_loads_original_checkpoint_and_rounds(tmp_path):
+    oracle, _ = _pair(hidden=(16, 16))
+    path = tmp_path / "snn_delays_Best_ACC.pt"
+    torch.save(oracle.state_dict(), path)
+    model = timm.create_model(
+        "snn_delays_shd", pretrained=True, hidden_sizes=(16, 16), pretrained_cfg_overlay=dict(file=str(path)))
+    assert all(bool(m.rounded) for m in model.delay_layers())
+    oracle.round_delays()
+    oracle.eval()
+    model.eval()
+    x = _spikes(seed=5)
+    assert torch.equal(model.forward_potentials(x), oracle(x.transpose(0, 1))[0].transpose(0, 1))
+
+
+def test_rounded_delays_context_restores_training_state():
+    _, model = _pair(drop=0.0)
+    model.eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = _spikes(seed=6)
+    with rounded_delays(model):
+        inside = model(x)
+        assert all(bool(m.rounded) for m in model.delay_layers())
+        assert all(torch.equal(m.P, m.P.round()) and not m.SIG.any() for m in model.delay_layers())
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    converted = convert_delays_for_inference(model)
+    assert torch.equal(converted(x), inside)
+
+
+def test_exported_integer_delays_reproduce_the_layer():
+    _, model = _pair(hidden=(12,), drop=0.0)
+    convert_delays_for_inference(model)
+    layer = model.blocks[0].delay
+    exported = export_integer_delays(model)["blocks.0.delay"]
+    delays, weights = exported["delay"], exported["weight"]
+    assert delays.dtype == torch.int64 and delays.shape == (12, 140)
+    assert delays.min() >= 0 and delays.max() <= 24
+    x = torch.randn(2, 140, 15)
+    steps = 15 + 12
+    expected = torch.zeros(2, 12, steps)
+    for o in range(12):
+        for i in range(140):
+            d = int(delays[o, i])
+            expected[:, o, d:min(steps, d + 15)] += weights[o, i] * x[:, i, :max(0, min(15, steps - d))]
+    torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="not rounded"):
+        export_integer_delays(SnnDelays(hidden_sizes=(4,), num_classes=2))
+
+
+def test_sigma_schedule_reaches_final_width_after_a_quarter_of_training():
+    model = timm.create_model("snn_delays_shd", hidden_sizes=(8, 8))
+    assert all(float(m.SIG.flatten()[0]) == 12.0 and not m.SIG.requires_grad for m in model.delay_layers())
+    schedule = SigmaSchedule(model, epochs=150)
+    assert schedule.final_epoch == 37
+    for epoch in range(150):
+        schedule.step(epoch)
+        if epoch == 0:
+            assert schedule.sigma == pytest.approx(12.0 * (0.23 / 12.0) ** (1 / 37), rel=1e-6)
+    for m in model.delay_layers():
+        torch.testing.assert_close(m.SIG, torch.full_like(m.SIG, 0.23), rtol=1e-4, atol=0)
+
+
+def test_param_groups_and_clamp():
+    model = timm.create_model("snn_delays_shd", hidden_sizes=(8, 8))
+    groups = {g["name"]: g for g in snn_delays_param_groups(model, lr=1e-3, weight_decay=1e-5)}
+    assert groups["positions"]["lr"] == pytest.approx(0.1) and groups["positions"]["weight_decay"] == 0.0
+    assert groups["norm"]["weight_decay"] == 0.0
+    grouped = [id(p) for g in groups.values() for p in g["params"]]
+    trainable = [id(p) for p in model.parameters() if p.requires_grad]
+    assert sorted(grouped) == sorted(trainable)
+    assert {id(m.P) for m in model.delay_layers()} == {id(p) for p in groups["positions"]["params"]}
+    torch.optim.Adam(snn_delays_param_groups(model))  # accepted as-is
+    with torch.no_grad():
+        model.blocks[0].delay.P.fill_(100.0)
+        model.head.delay.P.fill_(-100.0)
+    clamp_delays(model)
+    assert model.blocks[0].delay.P.max() == 12 and model.head.delay.P.min() == -12
+
+
+def test_timm_contract_pieces():
+    model = timm.create_model("snn_delays_shd", hidden_sizes=(8, 8), dtype=torch.float64).eval()
+    x = _spikes(batch=2, steps=10).double()
+    assert model(x).shape == (2, 20)
+    assert torch.equal(model(x[:, None]), model(x))  # (B, 1, T, F), timm's (C, H, W) convention
+    convert_delays_for_inference(model)
+    model.reset_classifier(5)
+    assert model.head.delay.weight.dtype == torch.float64 and bool(model.head.delay.rounded)
+    assert model(x).shape == (2, 5)
+    model.reset_classifier(0)
+    assert model(x).shape == (2, 8)
+    with pytest.raises(ValueError, match=r"input \(batch, time, 140\)"):
+        model(torch.zeros(2, 10, 700))
+    with pytest.raises(ValueError, match="in_chans must be 1"):
+        timm.create_model("snn_delays_shd", in_chans=3)
+    with pytest.raises(TypeError):
+        timm.create_model("snn_delays_shd", not_an_arg=1)
