@@ -178,3 +178,16 @@ def test_grad_checkpointing_gives_the_same_output():
     torch.testing.assert_close(model(x), y)
     model(x).sum().backward()
     assert model.stages[0].blocks[0].conv_dw.P.grad is not None
+
+
+def test_frozen_model_is_plain_scriptable_and_equal():
+    from dcls_zoo.layers import freeze_dcls
+
+    model = timm.create_model("dcls_convnext_atto", num_classes=3).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+        frozen = freeze_dcls(model)
+        assert not any(isinstance(m, Dcls2d) for m in frozen.modules())
+        scripted = torch.jit.script(frozen)
+        torch.testing.assert_close(scripted(x), expected, rtol=1e-5, atol=1e-6)

@@ -4,6 +4,6 @@ from .dcls import (  # noqa: F401
     dcls_position_parameter_names,
 )
 from .replace import (  # noqa: F401
-    check_shared_copies_equal, dclsify, default_stage_groups, is_depthwise_conv2d, shared_parameter_groups,
-    tie_dcls_positions,
+    check_shared_copies_equal, dclsify, default_stage_groups, freeze_dcls, is_depthwise_conv2d,
+    restore_shared_entries, shared_parameter_groups, tie_dcls_positions,
 )

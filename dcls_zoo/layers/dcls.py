@@ -47,9 +47,9 @@ Eval-mode cache: when no autograd graph is being recorded for the parameters (ev
 kernel is built once and reused until a parameter is modified in place (optimizer step, `load_state_dict`), moved,
 or the module returns to train mode.
 """
-from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from typing import Iterable, Optional, Sequence, Union
 
 import torch
@@ -57,6 +57,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.modules.utils import _reverse_repeat_tuple
 from torch.utils.checkpoint import checkpoint
+from timm.layers import register_notrace_module
 
 __all__ = [
     "Dcls1d", "Dcls2d", "Dcls3d", "DclsNd", "DCLS_VERSIONS", "construct_dcls_kernel",
@@ -138,7 +139,7 @@ def _ntuple(value: Union[int, Sequence[int]], n: int, name: str) -> tuple[int, .
 class DclsNd(nn.Module):
     """Shared implementation of `Dcls1d` / `Dcls2d` / `Dcls3d` (use those)."""
 
-    _ndim: int = 0
+    _ndim: int = 0  # set by Dcls1d/2d/3d
 
     def __init__(
         self,
@@ -156,7 +157,7 @@ class DclsNd(nn.Module):
         dtype=None,
     ) -> None:
         super().__init__()
-        n = self._ndim
+        n = self.spatial_dims = self._ndim  # instance attribute: visible to TorchScript too
         if version not in DCLS_VERSIONS:
             raise ValueError(f"version must be one of {DCLS_VERSIONS}, got {version!r}")
         if not isinstance(kernel_count, int) or kernel_count < 1:
@@ -231,7 +232,9 @@ class DclsNd(nn.Module):
         """The dense kernel (out_channels, in_channels / groups, *dilated_kernel_size)."""
         # Built in the parameters' dtype even under autocast: positions need full precision; the convolution
         # itself is still autocast.
-        with torch.autocast(device_type=self.weight.device.type, enabled=False):
+        device_type = self.weight.device.type
+        no_autocast = torch.autocast(device_type, enabled=False) if device_type in ("cpu", "cuda") else nullcontext()
+        with no_autocast:
             if torch.is_grad_enabled() and any(p.requires_grad for p in self._params()):
                 # Recompute the construction in backward instead of saving its intermediates: only weight, P
                 # and SIG are kept for backward, and the recomputation costs a few milliseconds.
@@ -244,7 +247,6 @@ class DclsNd(nn.Module):
     def _params(self) -> tuple[torch.Tensor, ...]:
         return tuple(p for p in (self.weight, self.P, self.SIG) if p is not None)
 
-    @torch.jit.ignore
     def _kernel(self) -> torch.Tensor:
         params = self._params()
         records_graph = torch.is_grad_enabled() and any(p.requires_grad for p in params)
@@ -261,37 +263,36 @@ class DclsNd(nn.Module):
         self._cached_kernel = self._cache_key = None
         return super().train(mode)
 
-    def _use_channels_last(self, x: torch.Tensor) -> bool:
-        # oneDNN runs large depthwise kernels far faster in channels_last (17x17 at (8, 96, 56, 56): ~19 ms vs
-        # ~280 ms forward). Small kernels and dense convs are left as they come.
-        return (
-            self._ndim == 2 and x.device.type == "cpu" and x.dim() == 4
-            and self.groups == self.in_channels and math.prod(self.dilated_kernel_size) > 49
-        )
-
-    def _check_input(self, x: torch.Tensor) -> None:
-        n = self._ndim
-        if x.dim() not in (n + 1, n + 2):
-            raise ValueError(
-                f"{type(self).__name__} expects a {n + 2}-D (batched) or {n + 1}-D (unbatched) input, "
-                f"got shape {tuple(x.shape)}"
-            )
-        if x.shape[-n - 1] != self.in_channels:
-            raise ValueError(
-                f"{type(self).__name__} expects {self.in_channels} input channels, got input shape {tuple(x.shape)}"
-            )
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_input(x)
-        kernel = self._kernel()
+        return self._forward_impl(x)
+
+    # TorchScript and FX treat the layer as one opaque Python call (kernel construction and its eval cache are
+    # Python); to export a model without Python, freeze its DCLS layers into plain convolutions (`to_conv()`).
+    # Under TorchScript `self` is a ScriptModule, so this method only reads attributes, never other methods.
+    @torch.jit.ignore
+    def _forward_impl(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.spatial_dims
+        name = f"Dcls{n}d"
+        if x.dim() not in (n + 1, n + 2):
+            raise ValueError(f"{name} expects a {n + 2}-D (batched) or {n + 1}-D (unbatched) input, "
+                             f"got shape {tuple(x.shape)}")
+        if x.shape[-n - 1] != self.in_channels:
+            raise ValueError(f"{name} expects {self.in_channels} input channels, got input shape {tuple(x.shape)}")
+        if isinstance(self, DclsNd):
+            kernel = self._kernel()
+        else:  # a scripted copy: no cache
+            kernel = construct_dcls_kernel(self.weight, self.P, self.SIG, self.dilated_kernel_size, self.version)
         padding = self.padding
         if self.padding_mode != "zeros":
             x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
-            padding = (0,) * self._ndim
-        if self._use_channels_last(x):
+            padding = (0,) * n
+        # oneDNN runs large depthwise kernels far faster in channels_last (17x17 at (8, 96, 56, 56): ~19 ms vs
+        # ~280 ms forward); small kernels and dense convolutions are left as they come.
+        if (n == 2 and x.device.type == "cpu" and x.dim() == 4 and self.groups == self.in_channels
+                and math.prod(self.dilated_kernel_size) > 49):
             x = x.contiguous(memory_format=torch.channels_last)
             kernel = kernel.contiguous(memory_format=torch.channels_last)
-        return _CONV_FN[self._ndim](x, kernel, self.bias, self.stride, padding, 1, self.groups)
+        return _CONV_FN[n](x, kernel, self.bias, self.stride, padding, 1, self.groups)
 
     # ------------------------------------------------------------------------------------------------- export
     @torch.no_grad()
@@ -301,7 +302,7 @@ class DclsNd(nn.Module):
         Used for inference export and before structural reparameterisation (e.g. FastViT's RepCPE), which expect
         a dense kernel.
         """
-        conv = _CONV_CLS[self._ndim](
+        conv = _CONV_CLS[self.spatial_dims](
             self.in_channels, self.out_channels, self.dilated_kernel_size, stride=self.stride,
             padding=self.padding, groups=self.groups, bias=self.bias is not None, padding_mode=self.padding_mode,
             device=self.weight.device, dtype=self.weight.dtype,
@@ -331,12 +332,14 @@ class DclsNd(nn.Module):
         return state
 
 
+@register_notrace_module
 class Dcls1d(DclsNd):
     """1-D DCLS convolution; input (N, C, L). Signature and parameters as `dcls.Dcls1d` 0.1.1."""
 
     _ndim = 1
 
 
+@register_notrace_module
 class Dcls2d(DclsNd):
     """2-D DCLS convolution; input (N, C, H, W). Signature and parameters as `dcls.Dcls2d` 0.1.1.
 
@@ -346,6 +349,7 @@ class Dcls2d(DclsNd):
     _ndim = 2
 
 
+@register_notrace_module
 class Dcls3d(DclsNd):
     """3-D DCLS convolution; input (N, C, D, H, W). Signature and parameters as `dcls.Dcls3d` 0.1.1."""
 

@@ -22,7 +22,7 @@ from .dcls import Dcls2d, DclsNd
 
 __all__ = [
     "dclsify", "tie_dcls_positions", "default_stage_groups", "is_depthwise_conv2d", "shared_parameter_groups",
-    "check_shared_copies_equal", "restore_shared_entries",
+    "check_shared_copies_equal", "restore_shared_entries", "freeze_dcls",
 ]
 
 ConvFilter = Callable[[str, nn.Conv2d], bool]
@@ -191,3 +191,14 @@ def restore_shared_entries(state_dict: dict, model: nn.Module) -> dict:
             for name in names:
                 state_dict.setdefault(name, state_dict[present[0]])
     return state_dict
+
+
+def freeze_dcls(model: nn.Module) -> nn.Module:
+    """Replace every DCLS layer of `model` (in place) by the plain convolution it currently computes.
+
+    The result has no positions left to learn; it runs on any runtime (TorchScript, ONNX, ...) and before
+    structural reparameterisation. Outputs are unchanged.
+    """
+    for name, layer in [(n, m) for n, m in model.named_modules() if isinstance(m, DclsNd)]:
+        _set_submodule(model, name, layer.to_conv())
+    return model
