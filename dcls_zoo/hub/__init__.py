@@ -1,0 +1,14 @@
+"""Hub-ready folders (safetensors + config + card), model cards, conversion of original checkpoints, pushing.
+
+    >>> from dcls_zoo.hub import save_folder, load_folder, push_folder
+    >>> save_folder(model, "out/dcls_convnext_tiny.bilinear_in1k")        # config.json, model.safetensors, README.md
+    >>> model = load_folder("out/dcls_convnext_tiny.bilinear_in1k")       # or timm.create_model("local-dir:out/...")
+    >>> push_folder("out/dcls_convnext_tiny.bilinear_in1k", "dcls-zoo/dcls_convnext_tiny.bilinear_in1k")
+"""
+from .cards import FACTS, HUB_ORG, ModelFacts, hub_id, model_card, published_models, write_cards  # noqa: F401
+from .convert import ConversionReport, convert_checkpoint  # noqa: F401
+from .push import PushPlan, check_can_push, check_folder, push_folder  # noqa: F401
+from .save import (  # noqa: F401
+    apply_tie_map, check_state_dict_fits, load_folder, load_state_dict_file, load_weights, save_folder,
+    save_state_dict,
+)

@@ -1,0 +1,463 @@
+"""Model cards: one facts table for the published models, and the cards generated from it and the registry.
+
+`FACTS` holds what the registry cannot know (paper, original repository, checkpoint source and licence, data set,
+the original's reported metric); the registry supplies the rest (parameter count, input size, classes). A row is
+published, and gets a card in `hub_cards/<name>/README.md`, once its model name is registered (its family module
+imported by `import dcls_zoo`); `scripts/make_cards.py` writes them and `tests/test_cards.py` fails if the
+committed cards differ from a fresh generation.
+
+Hub ids follow one scheme: `dcls-zoo/<architecture>.<tag>` (`hub_id()`), e.g.
+`dcls-zoo/dcls_convformer_s18.bilinear_in1k`, the timm convention of `timm/<architecture>.<tag>`.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch.nn as nn
+
+__all__ = [
+    "HUB_ORG", "ModelFacts", "FACTS", "hub_id", "published_models", "model_card", "card_data",
+    "write_cards", "diff_cards", "unique_parameter_count",
+]
+
+HUB_ORG = "dcls-zoo"
+
+
+def hub_id(name: str, org: str = HUB_ORG) -> str:
+    """The Hub repo id of a published model: '<org>/<architecture>.<tag>'."""
+    return f"{org}/{name}"
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """Facts about one published checkpoint that the registry does not hold.
+
+    `license` is a Hub licence id; 'other' comes with `license_name`/`license_link`. `metric_value` is the
+    original's own reported number (None where none is published), never one measured here.
+    """
+
+    name: str                      # '<architecture>.<tag>' as registered
+    title: str                     # human-readable model name
+    paper: str                     # paper title
+    arxiv: str                     # arXiv id of the paper
+    original_repo: str             # URL of the authors' code
+    checkpoint_url: str            # the authors' checkpoint this model is converted from
+    license: str
+    license_note: str              # where the licence statement comes from
+    dataset: str                   # Hub data set id
+    dataset_name: str
+    metric: str                    # Hub metric id
+    metric_value: Optional[float]
+    metric_note: str               # what the number is and where it was reported
+    task: str = "image-classification"
+    library: str = "timm"
+    license_name: Optional[str] = None
+    license_link: Optional[str] = None
+    base_model: Optional[str] = None
+    extra_arxiv: tuple[str, ...] = ()
+    tags: tuple[str, ...] = field(default_factory=tuple)
+
+
+_DCLS_PAPER = "Dilated convolution with learnable spacings"
+_DCLS_ARXIV = "2112.03740"
+_GRADCAM_PAPER = ("Dilated Convolution with Learnable Spacings makes visual models more aligned with humans: "
+                  "a Grad-CAM study")
+_GRADCAM_REPO = "https://github.com/rabihchamas/DCLS-GradCAM-Eval"
+_GRADCAM_ZENODO = "https://zenodo.org/records/8370737"
+_CONVNEXT_DCLS_REPO = "https://github.com/K-H-Ismail/ConvNeXt-dcls"
+_CONVNEXT_DCLS_ZENODO = "https://zenodo.org/record/7112021/files/"
+_AUDIO_PAPER = "Audio classification with Dilated Convolution with Learnable Spacings"
+_AUDIO_REPO = "https://github.com/K-H-Ismail/DCLS-Audio"
+_AUDIO_ZENODO = "https://zenodo.org/record/8370979/files/"
+
+_MIT_CONVNEXT_DCLS = "stated by the original repository, K-H-Ismail/ConvNeXt-dcls"
+_MIT_AUDIO = "stated by the original repository's LICENSE, K-H-Ismail/DCLS-Audio"
+_UNSTATED = dict(
+    license="other", license_name="unstated",
+    license_note="the original repository has no licence file and the Zenodo record's terms were not checked "
+                 "here; read the record before redistributing",
+)
+_IN1K = dict(dataset="imagenet-1k", dataset_name="ImageNet-1k", metric="accuracy")
+_AS2M = dict(dataset="audioset", dataset_name="AudioSet-2M", metric="mAP",
+             task="audio-classification")
+
+
+def _convnext_dcls(size: str, letter: str, count: int, top1: float) -> ModelFacts:
+    return ModelFacts(
+        name=f"dcls_convnext_{size}.bilinear_in1k",
+        title=f"ConvNeXt-{letter}-dcls (bilinear DCLS, v0, 17x17 grid, {count} elements), ImageNet-1k",
+        paper=_DCLS_PAPER, arxiv=_DCLS_ARXIV, original_repo=_CONVNEXT_DCLS_REPO,
+        checkpoint_url=f"{_CONVNEXT_DCLS_ZENODO}convnext_dcls_{size}_1k_224_ema.pth",
+        license="mit", license_note=_MIT_CONVNEXT_DCLS, **_IN1K, metric_value=top1,
+        metric_note="top-1 (%) on the ImageNet-1k validation set at 224x224, EMA weights, as reported in the "
+                    "original README",
+    )
+
+
+FACTS: tuple[ModelFacts, ...] = (
+    _convnext_dcls("tiny", "T", 34, 82.5),
+    _convnext_dcls("small", "S", 40, 83.7),
+    _convnext_dcls("base", "B", 40, 84.1),
+    ModelFacts(
+        name="dcls_gauss_convnext_tiny.gauss_in1k",
+        title="ConvNeXt-T with Gaussian DCLS (23x23 grid, 26 elements), ImageNet-1k",
+        paper="Dilated Convolution with Learnable Spacings: beyond bilinear interpolation", arxiv="2306.00817",
+        original_repo="https://github.com/K-H-Ismail/Dilated-Convolution-with-Learnable-Spacings-PyTorch",
+        checkpoint_url="https://zenodo.org/record/8029747/files/convnext_dcls_gauss_tiny_1k_224_ema.pth",
+        license="mit", license_note="stated by the original DCLS repository's LICENSE",
+        **_IN1K, metric_value=None,
+        metric_note="the paper's abstract reports Gaussian DCLS above bilinear DCLS on ImageNet-1k; no per-model "
+                    "number was found in public sources",
+        extra_arxiv=(_DCLS_ARXIV,),
+    ),
+    ModelFacts(
+        name="dcls_convformer_s18.bilinear_in1k",
+        title="ConvFormer-S18 with bilinear DCLS (v1, 17x17 grid, 40 elements), ImageNet-1k",
+        paper=_GRADCAM_PAPER, arxiv="2408.03164", original_repo=_GRADCAM_REPO,
+        checkpoint_url=f"{_GRADCAM_ZENODO}/files/convformer_s18_v1_17lim_40el_seed0.pth.tar",
+        license_link=_GRADCAM_ZENODO, **_UNSTATED, **_IN1K, metric_value=None,
+        metric_note="no top-1 number for this checkpoint was found in public sources", extra_arxiv=(_DCLS_ARXIV,),
+    ),
+    ModelFacts(
+        name="dcls_caformer_s18.bilinear_in1k",
+        title="CAFormer-S18 with bilinear DCLS (v1, 17x17 grid, 34 elements), ImageNet-1k",
+        paper=_GRADCAM_PAPER, arxiv="2408.03164", original_repo=_GRADCAM_REPO,
+        checkpoint_url=f"{_GRADCAM_ZENODO}/files/caformer_s18_v1_17lim_34el_seed0.pth.tar",
+        license_link=_GRADCAM_ZENODO, **_UNSTATED, **_IN1K, metric_value=None,
+        metric_note="no top-1 number for this checkpoint was found in public sources", extra_arxiv=(_DCLS_ARXIV,),
+    ),
+    ModelFacts(
+        name="dcls_fastvit_sa24.bilinear_in1k",
+        title="FastViT-SA24 with bilinear DCLS (v1, 17x17 grid, 34 elements), ImageNet-1k",
+        paper=_GRADCAM_PAPER, arxiv="2408.03164", original_repo=_GRADCAM_REPO,
+        checkpoint_url=f"{_GRADCAM_ZENODO}/files/fastvit_sa24_v1_17lim_34el_seed0.pth.tar",
+        license_link=_GRADCAM_ZENODO, **_UNSTATED, **_IN1K, metric_value=None,
+        metric_note="no top-1 number for this checkpoint was found in public sources", extra_arxiv=(_DCLS_ARXIV,),
+    ),
+    ModelFacts(
+        name="dcls_fastvit_sa36.bilinear_in1k",
+        title="FastViT-SA36 with bilinear DCLS (v1, 17x17 grid, 34 elements), ImageNet-1k",
+        paper=_GRADCAM_PAPER, arxiv="2408.03164", original_repo=_GRADCAM_REPO,
+        checkpoint_url=f"{_GRADCAM_ZENODO}/files/fastvit_sa36_v1_17lim_34el_seed0.pth.tar",
+        license_link=_GRADCAM_ZENODO, **_UNSTATED, **_IN1K, metric_value=None,
+        metric_note="no top-1 number for this checkpoint was found in public sources", extra_arxiv=(_DCLS_ARXIV,),
+    ),
+    ModelFacts(
+        name="dcls_resnet50.bilinear_in1k",
+        title="ResNet-50 with DCLS 3x3 convolutions (v0, 7x7 grid, 5 elements), ImageNet-1k",
+        paper=_GRADCAM_PAPER, arxiv="2408.03164", original_repo=_GRADCAM_REPO,
+        checkpoint_url="https://zenodo.org/records/8373830/files/resnet_dcls_kernel_5_model_best.pth.tar",
+        license_link="https://zenodo.org/records/8373830", **_UNSTATED, **_IN1K, metric_value=None,
+        metric_note="no top-1 number for this checkpoint was found in public sources", extra_arxiv=(_DCLS_ARXIV,),
+    ),
+    ModelFacts(
+        name="dcls_audio_convnext_tiny.gauss_as2m",
+        title="ConvNeXt-T with Gaussian DCLS (23x23 grid, 26 elements), AudioSet-2M",
+        paper=_AUDIO_PAPER, arxiv="2309.13972", original_repo=_AUDIO_REPO,
+        checkpoint_url=f"{_AUDIO_ZENODO}convnext_dcls_audio_tiny.pth",
+        license="mit", license_note=_MIT_AUDIO, **_AS2M, metric_value=45.52,
+        metric_note="mAP (%) on the AudioSet evaluation set, 128x1001 log-mel input, as reported in the original "
+                    "README (45.52 +- 0.05)",
+        base_model=hub_id("dcls_gauss_convnext_tiny.gauss_in1k"),
+    ),
+    ModelFacts(
+        name="dcls_audio_convformer_s18.gauss_as2m",
+        title="ConvFormer-S18 with Gaussian DCLS (23x23 grid, 26 elements), AudioSet-2M",
+        paper=_AUDIO_PAPER, arxiv="2309.13972", original_repo=_AUDIO_REPO,
+        checkpoint_url=f"{_AUDIO_ZENODO}convformer_dcls_audio_s18.pth",
+        license="mit", license_note=_MIT_AUDIO, **_AS2M, metric_value=43.68,
+        metric_note="mAP (%) on the AudioSet evaluation set, 128x1001 log-mel input, as reported in the original "
+                    "README (43.68 +- 0.02)",
+    ),
+    ModelFacts(
+        name="dcls_audio_fastvit_sa24.gauss_as2m",
+        title="FastViT-SA24 with Gaussian DCLS (23x23 grid, 26 elements), AudioSet-2M",
+        paper=_AUDIO_PAPER, arxiv="2309.13972", original_repo=_AUDIO_REPO,
+        checkpoint_url=f"{_AUDIO_ZENODO}fastvit_dcls_audio_sa24.pth",
+        license="mit", license_note=_MIT_AUDIO, **_AS2M, metric_value=44.4,
+        metric_note="mAP (%) on the AudioSet evaluation set, 128x1001 log-mel input, as reported in the original "
+                    "README (44.40 +- 0.07)",
+    ),
+    ModelFacts(
+        name="audio_convformer_s18.as2m",
+        title="ConvFormer-S18 baseline (7x7 depthwise convolutions), AudioSet-2M",
+        paper=_AUDIO_PAPER, arxiv="2309.13972", original_repo=_AUDIO_REPO,
+        checkpoint_url=f"{_AUDIO_ZENODO}convformer_audio_s18.pth",
+        license="mit", license_note=_MIT_AUDIO, **_AS2M, metric_value=43.14,
+        metric_note="mAP (%) on the AudioSet evaluation set, 128x1001 log-mel input, as reported in the original "
+                    "README (43.14 +- 0.03)",
+    ),
+)
+
+_FACTS_BY_NAME = {f.name: f for f in FACTS}
+
+
+def _registered(name: str) -> bool:
+    import timm
+    from timm.models import get_pretrained_cfg
+
+    arch, _, tag = name.partition(".")
+    if not timm.is_model(arch):
+        return False
+    return not tag or get_pretrained_cfg(name, allow_unregistered=False) is not None
+
+
+def published_models() -> list[ModelFacts]:
+    """Facts rows whose model is registered now (its family imported), in table order."""
+    out = []
+    for facts in FACTS:
+        try:
+            ok = _registered(facts.name)
+        except RuntimeError:
+            ok = False
+        if ok:
+            out.append(facts)
+    return out
+
+
+def unique_parameter_count(model: nn.Module) -> int:
+    """Parameters counted once even when shared (tied positions count once), as the papers count them."""
+    return sum(p.numel() for p in model.parameters())
+
+
+@functools.lru_cache(maxsize=None)
+def _meta_model(name: str) -> nn.Module:
+    import timm
+
+    # The meta device gives shapes (hence counts) without allocating or initialising weights; cards only read it.
+    return timm.create_model(name, pretrained=False, device="meta")
+
+
+def _dcls_summary(model: nn.Module) -> Optional[str]:
+    from dcls_zoo.layers import DclsNd
+
+    configs: dict[tuple, int] = {}
+    for module in model.modules():
+        if isinstance(module, DclsNd):
+            key = (module.version, tuple(module.dilated_kernel_size), module.kernel_count)
+            configs[key] = configs.get(key, 0) + 1
+    if not configs:
+        return None
+    shared = len({id(m.P) for m in model.modules() if isinstance(m, DclsNd)})
+    parts = [
+        f"{n} layers {version}, {'x'.join(map(str, dks))} grid, {count} elements"
+        for (version, dks, count), n in configs.items()
+    ]
+    return "; ".join(parts) + f"; {shared} shared position tensors"
+
+
+def _library_usage(facts: Optional[ModelFacts], name: str, repo_id: str, library: str, task: str) -> str:
+    if library == "transformers":
+        return f'''## How to use
+
+```python
+import torch
+import dcls_zoo  # registers the model classes with transformers' Auto classes
+from transformers import AutoModelForCausalLM
+
+model = AutoModelForCausalLM.from_pretrained("{repo_id}").eval()
+input_ids = torch.tensor([[0, 1, 2, 3]])
+logits = model(input_ids).logits
+```
+
+Without `dcls_zoo` installed, `trust_remote_code=True` loads the modelling code saved with the weights.
+
+## How to fine-tune
+
+```python
+import dcls_zoo
+from transformers import AutoModelForSequenceClassification
+
+model = AutoModelForSequenceClassification.from_pretrained("{repo_id}", num_labels=2)
+# the classification head is new (transformers reports it as newly initialised); train as usual
+```
+'''
+    if task == "audio-classification":
+        example = "x = torch.randn(1, *model.pretrained_cfg['input_size'])  # (1, 128 mel bins, frames)"
+    else:
+        example = ("data_config = timm.data.resolve_model_data_config(model)\n"
+                   "transform = timm.data.create_transform(**data_config, is_training=False)\n"
+                   "x = transform(image).unsqueeze(0)  # image: a PIL image")
+    return f'''## How to use
+
+`import dcls_zoo` must come before `timm.create_model`: timm has no plugin discovery, and importing the package
+registers its architectures.
+
+```python
+import timm
+import torch
+import dcls_zoo  # registers the dcls-zoo architectures with timm
+
+model = timm.create_model("hf-hub:{repo_id}", pretrained=True).eval()
+{example}
+with torch.no_grad():
+    logits = model(x)
+```
+
+## How to fine-tune
+
+```python
+import torch
+import dcls_zoo
+from dcls_zoo.layers import clamp_dcls_parameters, dcls_position_parameter_names
+from dcls_zoo.hub import load_folder
+
+# strict path: every key must fit; the head is replaced only when asked, with a warning naming it
+model = load_folder("{repo_id}", num_classes=10, replace_head=True)
+# (timm's own `timm.create_model("hf-hub:{repo_id}", pretrained=True, num_classes=10)` also works,
+#  but drops the classifier with only an info-level log)
+
+positions = dcls_position_parameter_names(model)  # DCLS positions/sigmas: 5x learning rate, no weight decay
+groups = [
+    {{"params": [p for n, p in model.named_parameters() if n in positions], "lr": 5e-4, "weight_decay": 0.0}},
+    {{"params": [p for n, p in model.named_parameters() if n not in positions], "lr": 1e-4}},
+]
+optimizer = torch.optim.AdamW(groups, weight_decay=0.05)
+# after every optimizer.step(): clamp_dcls_parameters(model)
+```
+'''
+
+
+def card_data(name: str, model: Optional[nn.Module] = None, facts: Optional[ModelFacts] = None):
+    """The `huggingface_hub.ModelCardData` (YAML metadata) of a card."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    facts = facts or _FACTS_BY_NAME.get(name)
+    library = facts.library if facts else ("transformers" if _is_transformers(model) else "timm")
+    task = facts.task if facts else ("text-generation" if library == "transformers" else "image-classification")
+    tags = [library, task, "dcls-zoo"]
+    if facts is None or "dcls" in name or (model is not None and _dcls_summary(model)):
+        tags.append("dcls")
+    tags += [t for t in (facts.tags if facts else ()) if t not in tags]
+    kwargs: dict[str, Any] = dict(library_name=library, pipeline_tag=task, tags=tags, model_name=name)
+    if facts is not None:
+        kwargs.update(license=facts.license, datasets=[facts.dataset], metrics=[facts.metric])
+        if facts.license == "other":
+            kwargs.update(license_name=facts.license_name, license_link=facts.license_link)
+        if facts.base_model:
+            kwargs["base_model"] = facts.base_model
+        if facts.metric_value is not None:
+            kwargs["eval_results"] = [EvalResult(
+                task_type=task, dataset_type=facts.dataset, dataset_name=facts.dataset_name,
+                metric_type=facts.metric, metric_value=facts.metric_value, dataset_split="validation"
+                if facts.dataset == "imagenet-1k" else "eval",
+                source_name="reported by the original authors", source_url=facts.original_repo,
+            )]
+    else:
+        cfg = getattr(model, "pretrained_cfg", None) or {}
+        if cfg.get("license"):
+            kwargs["license"] = cfg["license"]
+    return ModelCardData(**kwargs)
+
+
+def _is_transformers(model: Optional[nn.Module]) -> bool:
+    if model is None:
+        return False
+    from transformers import PreTrainedModel
+
+    return isinstance(model, PreTrainedModel)
+
+
+def model_card(name: str, model: Optional[nn.Module] = None, org: str = HUB_ORG):
+    """The `huggingface_hub.ModelCard` for the model published as `<org>/<name>`.
+
+    `model` supplies the counts (default: a meta-device instance of the registered `name`). Names without a facts
+    row get a minimal card (usage only, metadata from the model).
+    """
+    from huggingface_hub import ModelCard
+
+    facts = _FACTS_BY_NAME.get(name)
+    if model is None:
+        model = _meta_model(name)
+    library = facts.library if facts else ("transformers" if _is_transformers(model) else "timm")
+    task = facts.task if facts else ("text-generation" if library == "transformers" else "image-classification")
+    repo_id = hub_id(name, org)
+    data = card_data(name, model, facts)
+    lines = [f"# {name}", ""]
+    if facts:
+        lines += [f"{facts.title}, converted from the authors' checkpoint to safetensors by "
+                  f"`dcls-zoo`. The weights are the original ones; only their layout changed.", ""]
+    lines += ["## Model details", ""]
+    if library == "timm":
+        cfg = getattr(model, "pretrained_cfg", None) or {}
+        lines += [f"- **Architecture:** `{name.partition('.')[0]}` (timm, registered by `import dcls_zoo`)"]
+        summary = _dcls_summary(model)
+        if summary:
+            lines += [f"- **DCLS layers:** {summary}"]
+        lines += [
+            f"- **Parameters:** {unique_parameter_count(model):,} (shared positions counted once)",
+            f"- **Input size:** {tuple(cfg.get('input_size', ()))}",
+            f"- **Classes:** {getattr(model, 'num_classes', cfg.get('num_classes'))}",
+        ]
+    else:
+        lines += [f"- **Model type:** `{model.config.model_type}` (transformers, registered by `import dcls_zoo`)",
+                  f"- **Parameters:** {unique_parameter_count(model):,}"]
+    if facts:
+        papers = [f"[{facts.paper}](https://arxiv.org/abs/{facts.arxiv}) (arXiv:{facts.arxiv})"]
+        papers += [f"arXiv:{a}" for a in facts.extra_arxiv]
+        licence = facts.license if facts.license != "other" else f"{facts.license_name} (see {facts.license_link})"
+        lines += [
+            f"- **Paper:** {'; '.join(papers)}",
+            f"- **Original code:** {facts.original_repo}",
+            f"- **Original checkpoint:** {facts.checkpoint_url}",
+            f"- **Licence:** {licence} ({facts.license_note})",
+            f"- **Training data:** {facts.dataset_name}",
+            "",
+            "## Reported results",
+            "",
+        ]
+        if facts.metric_value is not None:
+            lines += [f"| data set | metric | value |", "|---|---|---|",
+                      f"| {facts.dataset_name} | {facts.metric} | {facts.metric_value} |", "",
+                      f"{facts.metric_note[0].upper()}{facts.metric_note[1:]}; not re-measured by dcls-zoo."]
+        else:
+            lines += [f"None: {facts.metric_note}."]
+    lines += ["", _library_usage(facts, name, repo_id, library, task).rstrip(), ""]
+    if facts:
+        lines += ["## Conversion", "",
+                  f"`dcls-zoo convert {name} CHECKPOINT OUT_DIR` loads the original checkpoint through the family's "
+                  "`checkpoint_filter_fn`, writes this folder (shared positions stored once in `model.safetensors`, "
+                  "re-tied on load) and checks that the reloaded model's logits equal those of the original-layout "
+                  "load on a fixed input.", ""]
+    content = f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)
+    return ModelCard(content)
+
+
+def write_cards(out_dir: Union[str, Path], names: Optional[list[str]] = None, prune: bool = False) -> list[Path]:
+    """Write `<out_dir>/<name>/README.md` for every published model (or `names`); returns the paths.
+
+    `prune` removes card folders of models that are no longer published (only folders holding just a README.md).
+    """
+    out_dir = Path(out_dir)
+    names = names if names is not None else [f.name for f in published_models()]
+    paths = []
+    for name in names:
+        path = out_dir / name / "README.md"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(str(model_card(name)), encoding="utf-8")
+        paths.append(path)
+    if prune and out_dir.is_dir():
+        for stale in sorted(p for p in out_dir.iterdir() if p.is_dir() and p.name not in names):
+            if [f.name for f in stale.iterdir()] == ["README.md"]:
+                (stale / "README.md").unlink()
+                stale.rmdir()
+    return paths
+
+
+def diff_cards(cards_dir: Union[str, Path]) -> list[str]:
+    """Differences between the cards in `cards_dir` and a fresh generation (empty when up to date)."""
+    cards_dir = Path(cards_dir)
+    expected = {f.name for f in published_models()}
+    present = {p.name for p in cards_dir.iterdir() if p.is_dir()} if cards_dir.is_dir() else set()
+    problems = [f"missing card: {cards_dir / n / 'README.md'}" for n in sorted(expected - present)]
+    problems += [f"card of an unpublished model: {cards_dir / n}" for n in sorted(present - expected)]
+    for name in sorted(expected & present):
+        path = cards_dir / name / "README.md"
+        if not path.is_file() or path.read_text(encoding="utf-8") != str(model_card(name)):
+            problems.append(f"out of date: {path}")
+    if problems:
+        problems.append("regenerate with: python scripts/make_cards.py")
+    return problems

@@ -1,0 +1,161 @@
+"""Convert an original checkpoint (any layout the zoo reads) into a Hub-ready folder, and prove it converted.
+
+For a timm model the original file goes through the family's own loading path, exactly as a user's
+`timm.create_model(name, pretrained=True)` would take it (pretrained cfg, container keys, `checkpoint_filter_fn`,
+position re-tying), via `pretrained_cfg_overlay=dict(file=...)`. The loaded model is written with `save_folder`
+and loaded back twice, by timm (`local-dir:`) and by `load_folder` (strict); the logits of both on a fixed input
+must equal those of the original-layout load. The report says so, with the numbers.
+
+Transformers models (the GPT-2 variants) convert through the converter `dcls_zoo.lm` registers for their layout
+(`register_converter`); the same save / reload / compare steps follow.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+import torch
+import torch.nn as nn
+
+from .save import WEIGHTS_NAME, load_folder, save_folder
+
+__all__ = ["ConversionReport", "convert_checkpoint", "register_converter", "fixed_input"]
+
+_logger = logging.getLogger(__name__)
+
+PathLike = Union[str, Path]
+# name -> callable(checkpoint path, name) -> loaded transformers model (eval mode)
+_TRANSFORMERS_CONVERTERS: dict[str, Callable[[str, str], nn.Module]] = {}
+
+
+def register_converter(name: str, load_original: Callable[[str, str], nn.Module]) -> None:
+    """Register how to load an original checkpoint for a (transformers) model name, e.g. from nanoGPT layout.
+
+    `load_original(checkpoint_path, name)` returns the model with the checkpoint's weights.
+    """
+    _TRANSFORMERS_CONVERTERS[name] = load_original
+
+
+@dataclass(frozen=True)
+class ConversionReport:
+    """What `convert_checkpoint` did; `max_abs_diff` maps each reload path to its max |logits difference|."""
+
+    name: str
+    checkpoint: str
+    folder: Path
+    files: tuple[str, ...]
+    input_shape: tuple[int, ...]
+    max_abs_diff: dict
+    unique_parameters: int
+    shared_tensors: int
+    tolerance: float
+
+    @property
+    def verified(self) -> bool:
+        return all(d <= self.tolerance for d in self.max_abs_diff.values())
+
+    def describe(self) -> str:
+        diffs = ", ".join(f"{k}: {v:.3g}" for k, v in self.max_abs_diff.items())
+        status = "verified" if self.verified else "NOT verified"
+        return (
+            f"{self.name}: {self.checkpoint} -> {self.folder} ({', '.join(self.files)})\n"
+            f"  {self.unique_parameters:,} unique parameters, {self.shared_tensors} tensors stored once for "
+            f"several names\n"
+            f"  {status}: max |logits(reloaded) - logits(original layout)| on a fixed input {self.input_shape}: "
+            f"{diffs} (tolerance {self.tolerance:g})"
+        )
+
+
+def fixed_input(shape: tuple[int, ...], seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The deterministic input conversions are checked on (standard normal, CPU generator seeded with `seed`)."""
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def _shared_count(model: nn.Module) -> int:
+    counts: dict[int, int] = {}
+    for _, p in model.named_parameters(remove_duplicate=False):
+        counts[id(p)] = counts.get(id(p), 0) + 1
+    return sum(1 for c in counts.values() if c > 1)
+
+
+@torch.no_grad()
+def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    out = model(x)
+    return (out.logits if hasattr(out, "logits") else out).float()
+
+
+def _convert_timm(name: str, checkpoint: str, folder: Path, batch_size: int) -> tuple[nn.Module, dict, tuple]:
+    import timm
+
+    original = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=checkpoint)).eval()
+    save_folder(original, folder, model_name=name)
+    shape = (batch_size, *original.pretrained_cfg["input_size"])
+    x = fixed_input(shape)
+    reference = _logits(original, x)
+    reloads = {
+        "timm local-dir": timm.create_model(f"local-dir:{folder}", pretrained=True).eval(),
+        "dcls_zoo load_folder": load_folder(folder).eval(),
+    }
+    diffs = {k: (_logits(m, x) - reference).abs().max().item() for k, m in reloads.items()}
+    for key, model in reloads.items():
+        if _shared_count(model) != _shared_count(original):
+            raise RuntimeError(f"{key}: {_shared_count(model)} shared tensors after reload, "
+                               f"{_shared_count(original)} in the original-layout load")
+    return original, diffs, shape
+
+
+def _convert_transformers(name: str, checkpoint: str, folder: Path, batch_size: int) -> tuple[nn.Module, dict, tuple]:
+    from transformers import AutoModelForCausalLM
+
+    original = _TRANSFORMERS_CONVERTERS[name](checkpoint, name).eval()
+    save_folder(original, folder, model_name=name)
+    vocab = original.config.vocab_size
+    shape = (batch_size, 16)
+    x = torch.randint(0, vocab, shape, generator=torch.Generator().manual_seed(0))
+    reloaded = AutoModelForCausalLM.from_pretrained(str(folder)).eval()
+    diffs = {"transformers from_pretrained": (_logits(reloaded, x) - _logits(original, x)).abs().max().item()}
+    return original, diffs, shape
+
+
+def convert_checkpoint(
+    name: str,
+    checkpoint: PathLike,
+    out_dir: PathLike,
+    *,
+    batch_size: int = 2,
+    tolerance: float = 0.0,
+) -> ConversionReport:
+    """Convert `checkpoint` of the registered model `name` ('arch.tag') into a Hub-ready folder `out_dir`.
+
+    Raises RuntimeError when a reload's logits differ from the original-layout load by more than `tolerance`
+    (default 0: the converted weights are the same numbers, so the logits must be identical).
+    """
+    import timm
+
+    checkpoint = str(checkpoint)
+    if not Path(checkpoint).is_file():
+        raise FileNotFoundError(f"no checkpoint at {checkpoint}")
+    folder = Path(out_dir)
+    if timm.is_model(name.partition(".")[0]):
+        model, diffs, shape = _convert_timm(name, checkpoint, folder, batch_size)
+    elif name in _TRANSFORMERS_CONVERTERS:
+        model, diffs, shape = _convert_transformers(name, checkpoint, folder, batch_size)
+    else:
+        raise ValueError(
+            f"unknown model {name!r}: expected a registered timm name ('arch.tag') or one of the transformers "
+            f"converters {sorted(_TRANSFORMERS_CONVERTERS)} (did you `import dcls_zoo`?)"
+        )
+    report = ConversionReport(
+        name=name, checkpoint=checkpoint, folder=folder,
+        files=tuple(sorted(p.name for p in folder.iterdir() if p.is_file())),
+        input_shape=tuple(shape), max_abs_diff=diffs,
+        unique_parameters=sum(p.numel() for p in model.parameters()), shared_tensors=_shared_count(model),
+        tolerance=tolerance,
+    )
+    if not report.verified:
+        raise RuntimeError("conversion check failed:\n" + report.describe())
+    if WEIGHTS_NAME not in report.files:
+        raise RuntimeError(f"{folder} has no {WEIGHTS_NAME} after conversion")
+    return report

@@ -1,0 +1,370 @@
+"""Hub-ready model folders: `config.json` + `model.safetensors` + `README.md`, and loading them back.
+
+A folder written by `save_folder` is what the Hub repo of a published model holds. It loads with timm's own
+machinery (`timm.create_model("local-dir:FOLDER", pretrained=True)`, or `"hf-hub:ORG/NAME"` once pushed) as well
+as with `load_folder`, the stricter path of this package.
+
+Shared tensors. DCLS models tie the positions `P` (and `SIG`) of every layer of a stage to one Parameter, so
+`state_dict()` repeats one tensor under several names, and safetensors refuses to save aliased tensors. We store
+each shared tensor once, under the first name `state_dict()` gives it, and record the other names in the file's
+metadata (`dcls_zoo.shared`: JSON `{stored name: [alias, ...]}`). `load_state_dict_file` re-expands the aliases, so
+the result is the complete state dict the model expects; loading it into a model whose parameters are tied keeps
+them tied (`load_state_dict` copies in place), and `apply_tie_map` restores ties on a model built without them.
+
+Classifier heads are never re-initialised silently: `load_folder(..., num_classes=N)` with N different from the
+checkpoint's raises ValueError unless `replace_head=True` asks for a new head explicitly (and a warning names it).
+timm's own `create_model(..., pretrained=True, num_classes=N)` does drop the classifier quietly (info-level log):
+that is timm's fine-tuning convention, and the model cards say so.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Mapping, Optional, Union
+
+import torch
+import torch.nn as nn
+
+__all__ = [
+    "CONFIG_NAME", "WEIGHTS_NAME", "CARD_NAME", "SHARED_METADATA_KEY",
+    "deduplicate_state_dict", "save_state_dict", "load_state_dict_file", "apply_tie_map",
+    "check_state_dict_fits", "save_folder", "load_weights", "load_folder", "folder_architecture",
+]
+
+_logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+CARD_NAME = "README.md"
+SHARED_METADATA_KEY = "dcls_zoo.shared"
+ARCHITECTURE_METADATA_KEY = "dcls_zoo.architecture"
+_MAX_LISTED_KEYS = 8
+
+PathLike = Union[str, Path]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# state dicts <-> safetensors, with shared tensors stored once
+# --------------------------------------------------------------------------------------------------------------
+
+def _alias_key(tensor: torch.Tensor) -> tuple:
+    # Two entries are the same tensor when they view the same storage identically.
+    return (tensor.device, tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape),
+            tuple(tensor.stride()), tensor.dtype)
+
+
+def deduplicate_state_dict(
+    state_dict: Mapping[str, torch.Tensor],
+) -> tuple[dict[str, torch.Tensor], dict[str, list[str]]]:
+    """Split a state dict into (tensors to store, tie map `{stored name: [alias names]}`).
+
+    Entries that are the same tensor (same storage, offset, shape and strides) are stored once under the first
+    name. Entries that merely overlap in memory without being identical views are copied, so safetensors accepts
+    them and their values are kept exactly.
+    """
+    stored: dict[str, torch.Tensor] = {}
+    ties: dict[str, list[str]] = {}
+    first_by_alias: dict[tuple, str] = {}
+    storages_seen: set[tuple] = set()
+    for name, tensor in state_dict.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"state dict entry {name!r} is a {type(tensor).__name__}, expected a torch.Tensor")
+        tensor = tensor.detach()
+        if tensor.numel() == 0:
+            stored[name] = tensor.clone()
+            continue
+        key = _alias_key(tensor)
+        if key in first_by_alias:
+            ties.setdefault(first_by_alias[key], []).append(name)
+            continue
+        storage = (tensor.device, tensor.untyped_storage().data_ptr())
+        overlaps = storage in storages_seen
+        storages_seen.add(storage)
+        first_by_alias[key] = name
+        stored[name] = tensor.clone() if overlaps or not tensor.is_contiguous() else tensor
+    return stored, ties
+
+
+def save_state_dict(
+    state_dict: Mapping[str, torch.Tensor],
+    path: PathLike,
+    metadata: Optional[Mapping[str, str]] = None,
+) -> dict[str, list[str]]:
+    """Write `state_dict` to a safetensors file with shared tensors stored once; returns the tie map."""
+    from safetensors.torch import save_file
+
+    tensors, ties = deduplicate_state_dict(state_dict)
+    meta = {"format": "pt", **dict(metadata or {})}
+    if ties:
+        meta[SHARED_METADATA_KEY] = json.dumps(ties, sort_keys=True)
+    save_file(tensors, str(path), metadata=meta)
+    return ties
+
+
+def _read_metadata(path: PathLike) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
+def load_state_dict_file(path: PathLike, device: Union[str, torch.device] = "cpu") -> dict[str, torch.Tensor]:
+    """Read a safetensors file written by `save_state_dict`; aliases come back as the same tensor object."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"expected a .safetensors file, got {str(path)!r} (pickled checkpoints are not read here)")
+    state_dict = load_file(str(path), device=str(device))
+    ties = json.loads(_read_metadata(path).get(SHARED_METADATA_KEY, "{}"))
+    for stored, aliases in ties.items():
+        if stored not in state_dict:
+            raise ValueError(f"{path}: tie map names {stored!r}, which the file does not hold")
+        for alias in aliases:
+            state_dict[alias] = state_dict[stored]
+    return state_dict
+
+
+def _tie_map_of(path: PathLike) -> dict[str, list[str]]:
+    return json.loads(_read_metadata(path).get(SHARED_METADATA_KEY, "{}"))
+
+
+def apply_tie_map(model: nn.Module, ties: Mapping[str, list[str]]) -> int:
+    """Make every alias parameter the same Parameter object as its stored name; returns how many were re-tied.
+
+    Generic counterpart of `dcls_zoo.layers.tie_dcls_positions` for any recorded tie (shared positions, shared
+    kernels). Values must already be equal (they are after loading a file whose aliases share one tensor).
+    """
+    params = dict(model.named_parameters(remove_duplicate=False))
+    retied = 0
+    for stored, aliases in ties.items():
+        if stored not in params:
+            continue  # a buffer, or a name the model does not have (reported by check_state_dict_fits)
+        shared = params[stored]
+        for alias in aliases:
+            own = params.get(alias)
+            if own is None or own is shared:
+                continue
+            if own.shape != shared.shape or not torch.equal(own.detach(), shared.detach()):
+                raise ValueError(f"cannot tie {alias!r} to {stored!r}: their values differ")
+            module_name, _, attr = alias.rpartition(".")
+            setattr(model.get_submodule(module_name) if module_name else model, attr, shared)
+            retied += 1
+    return retied
+
+
+def _listed(keys: list[str]) -> str:
+    shown = ", ".join(keys[:_MAX_LISTED_KEYS])
+    more = len(keys) - _MAX_LISTED_KEYS
+    return shown + (f", ... ({more} more)" if more > 0 else "")
+
+
+def check_state_dict_fits(
+    state_dict: Mapping[str, torch.Tensor],
+    model: nn.Module,
+    source: str = "checkpoint",
+) -> None:
+    """Raise ValueError naming the keys when `state_dict` does not fit `model` exactly (names and shapes)."""
+    expected = model.state_dict()
+    given = state_dict
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    mismatched = [
+        f"{k} {tuple(given[k].shape)} vs {tuple(expected[k].shape)}"
+        for k in expected if k in given and tuple(given[k].shape) != tuple(expected[k].shape)
+    ]
+    if not (missing or unexpected or mismatched):
+        return
+    arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture", type(model).__name__)
+    parts = []
+    if missing:
+        parts.append(f"missing keys ({len(missing)}): {_listed(missing)}")
+    if unexpected:
+        parts.append(f"unexpected keys ({len(unexpected)}): {_listed(unexpected)}")
+    if mismatched:
+        parts.append(f"shape mismatches, checkpoint vs model ({len(mismatched)}): {_listed(mismatched)}")
+    raise ValueError(f"{source} does not fit {arch}: " + "; ".join(parts))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# folders
+# --------------------------------------------------------------------------------------------------------------
+
+def _is_transformers_model(model: nn.Module) -> bool:
+    try:
+        from transformers import PreTrainedModel
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return False
+    return isinstance(model, PreTrainedModel)
+
+
+def _timm_architecture(model: nn.Module) -> str:
+    import timm
+
+    arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
+    if not arch:
+        raise ValueError(
+            f"save_folder needs a model built by timm.create_model (model.pretrained_cfg['architecture'] names it); "
+            f"got a {type(model).__name__} without one"
+        )
+    if not timm.is_model(arch):
+        raise ValueError(f"architecture {arch!r} is not registered with timm (import the package that defines it)")
+    return arch
+
+
+def save_folder(
+    model: nn.Module,
+    folder: PathLike,
+    *,
+    model_name: Optional[str] = None,
+    card: Union[bool, str, Any] = True,
+    model_config: Optional[dict] = None,
+    model_args: Optional[dict] = None,
+    data_config: Optional[dict] = None,
+) -> Path:
+    """Write a Hub-ready folder for `model`: config.json, model.safetensors and (by default) README.md.
+
+    Args:
+        model: a timm model (built by `timm.create_model`) or a transformers `PreTrainedModel`.
+        folder: destination; created if needed. Files of the same names are overwritten.
+        model_name: the published name (`arch.tag` for timm, e.g. 'dcls_convnext_tiny.v0_in1k'); selects the
+            facts row of the model card. Default: the model's own `pretrained_cfg` name.
+        card: True (generate from `dcls_zoo.hub.cards`), False (no README), or a card (str or ModelCard).
+        model_config, model_args, data_config: passed to timm's `save_config_for_hf` (timm models only).
+
+    For timm models, config.json is timm's own format (architecture, num_classes, model_args, pretrained_cfg);
+    weights are safetensors only, shared tensors stored once (see the module docstring).
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if _is_transformers_model(model):
+        # transformers writes safetensors and handles its own tied weights (lm_head <-> wte).
+        model.save_pretrained(str(folder))
+        name = model_name or getattr(model.config, "name_or_path", None) or model.config.model_type
+    else:
+        from timm.models._hub import save_config_for_hf
+
+        arch = _timm_architecture(model)
+        save_config_for_hf(model, str(folder / CONFIG_NAME), model_config=model_config, model_args=model_args,
+                           data_config=data_config)
+        save_state_dict(model.state_dict(), folder / WEIGHTS_NAME, metadata={ARCHITECTURE_METADATA_KEY: arch})
+        tag = (getattr(model, "pretrained_cfg", None) or {}).get("tag")
+        name = model_name or (f"{arch}.{tag}" if tag else arch)
+    if card is True:
+        from .cards import model_card
+
+        card = model_card(name, model=model)
+    if card is not False and card is not None:
+        (folder / CARD_NAME).write_text(str(card), encoding="utf-8")
+    return folder
+
+
+def load_weights(model: nn.Module, source: PathLike) -> nn.Module:
+    """Load a safetensors file (or a folder's model.safetensors) into `model`, exactly; returns `model`.
+
+    Keys and shapes must match the model (ValueError naming the differences otherwise); copies of a shared tensor
+    must agree; recorded ties are restored on the model.
+    """
+    from dcls_zoo.layers.replace import check_shared_copies_equal
+
+    path = Path(source)
+    if path.is_dir():
+        path = path / WEIGHTS_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no weights at {path}")
+    state_dict = load_state_dict_file(path)
+    check_state_dict_fits(state_dict, model, source=str(path))
+    check_shared_copies_equal(state_dict, model)
+    model.load_state_dict(state_dict, strict=True)
+    apply_tie_map(model, _tie_map_of(path))
+    return model
+
+
+def _resolve_folder(source: PathLike, revision: Optional[str] = None, cache_dir: Optional[PathLike] = None) -> Path:
+    """A local folder as is; otherwise a Hub repo id, fetched (config + weights + card) through the HF cache."""
+    path = Path(source)
+    if path.is_dir():
+        return path
+    source = str(source)
+    if source.startswith("hf-hub:"):
+        source = source[len("hf-hub:"):]
+    if source.count("/") != 1:
+        raise ValueError(f"expected a folder or a Hub repo id 'org/name', got {source!r}")
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        config = hf_hub_download(source, CONFIG_NAME, revision=revision, cache_dir=cache_dir)
+        hf_hub_download(source, WEIGHTS_NAME, revision=revision, cache_dir=cache_dir)
+    except (LocalEntryNotFoundError, HfHubHTTPError) as e:
+        where = "the local cache (HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else "the Hub or the cache"
+        raise FileNotFoundError(
+            f"{source!r} is not a folder, and {where} has no {CONFIG_NAME} + {WEIGHTS_NAME} for it "
+            f"({type(e).__name__})"
+        ) from e
+    return Path(config).parent
+
+
+def folder_architecture(folder: PathLike) -> tuple[str, str]:
+    """('timm', architecture) or ('transformers', model_type) from a folder's config.json."""
+    path = Path(folder) / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no {CONFIG_NAME} in {folder}")
+    config = json.loads(path.read_text())
+    if "architecture" in config:
+        return "timm", config["architecture"]
+    if "model_type" in config:
+        return "transformers", config["model_type"]
+    raise ValueError(f"{path} names neither a timm 'architecture' nor a transformers 'model_type'")
+
+
+def load_folder(
+    source: PathLike,
+    *,
+    num_classes: Optional[int] = None,
+    replace_head: bool = False,
+    revision: Optional[str] = None,
+    cache_dir: Optional[PathLike] = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """Build and load a timm model from a saved folder or a Hub repo id ('org/name' or 'hf-hub:org/name').
+
+    Unlike timm's `pretrained=True` path this never changes the checkpoint silently: every key must fit, and
+    `num_classes` different from the checkpoint's raises ValueError unless `replace_head=True`, in which case the
+    checkpoint loads whole and then `reset_classifier(num_classes)` builds a new head, with a warning naming it.
+    Extra `kwargs` go to `timm.create_model` (e.g. drop_path_rate, device).
+    """
+    import timm
+    from timm.models._hub import load_model_config_from_path
+
+    folder = _resolve_folder(source, revision=revision, cache_dir=cache_dir)
+    kind, arch = folder_architecture(folder)
+    if kind != "timm":
+        raise ValueError(
+            f"{source} holds a transformers model ({arch!r}); load it with transformers' from_pretrained "
+            f"(after `import dcls_zoo`)"
+        )
+    pretrained_cfg, model_name, model_args = load_model_config_from_path(folder)
+    if not timm.is_model(model_name):
+        raise ValueError(f"{source}: architecture {model_name!r} is not registered (did you `import dcls_zoo`?)")
+    checkpoint_classes = model_args.get("num_classes", pretrained_cfg.get("num_classes"))
+    if "num_classes" in kwargs:
+        raise TypeError("pass num_classes as load_folder's own argument (with replace_head=True to change it)")
+    new_head = num_classes is not None and num_classes != checkpoint_classes
+    if new_head and not replace_head:
+        raise ValueError(
+            f"{source} has a {checkpoint_classes}-class classifier but num_classes={num_classes} was asked; "
+            f"pass replace_head=True to load the rest and start a new, randomly initialised classifier"
+        )
+    model = timm.create_model(model_name, pretrained=False, pretrained_cfg=pretrained_cfg,
+                              **{**model_args, **kwargs})
+    load_weights(model, folder)
+    if new_head:
+        model.reset_classifier(num_classes)
+        classifier = pretrained_cfg.get("classifier")
+        _logger.warning(
+            "%s: replaced the %s-class classifier (%s) by a new randomly initialised %s-class one",
+            source, checkpoint_classes, classifier, num_classes,
+        )
+    return model
