@@ -25,9 +25,104 @@ def _run_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_convert(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert", help="original checkpoint -> Hub-ready folder (safetensors, config, card), verified")
+    p.add_argument("model", help="registered name with its tag, e.g. dcls_convnext_tiny.bilinear_in1k")
+    p.add_argument("checkpoint", help="the authors' checkpoint file, in any layout the model's family reads")
+    p.add_argument("out_dir", help="folder to write (config.json, model.safetensors, README.md)")
+    p.add_argument("--tolerance", type=float, default=0.0,
+                   help="largest accepted |logits difference| between the reloaded and the original load (default 0)")
+
+
+def _run_convert(args: argparse.Namespace) -> int:
+    from .hub import convert_checkpoint
+
+    try:
+        report = convert_checkpoint(args.model, args.checkpoint, args.out_dir, tolerance=args.tolerance)
+    except (ValueError, RuntimeError, FileNotFoundError) as err:
+        print(f"dcls-zoo convert: error: {err}", file=sys.stderr)
+        return 1
+    print(report.describe())
+    return 0
+
+
+def _add_push(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("push", help="upload a Hub-ready folder (safetensors only) to the Hugging Face Hub")
+    p.add_argument("folder", help="a folder written by `dcls-zoo convert` or dcls_zoo.hub.save_folder")
+    p.add_argument("--repo-id", required=True, help="ORG/NAME of the model repo (created if needed)")
+    p.add_argument("--dry-run", action="store_true", help="check the folder and list what would be sent; send nothing")
+    p.add_argument("--private", action="store_true", help="create the repo private")
+    p.add_argument("--commit-message", default=None)
+
+
+def _run_push(args: argparse.Namespace) -> int:
+    from .hub import push_folder
+
+    try:
+        plan = push_folder(args.folder, args.repo_id, dry_run=args.dry_run, private=args.private,
+                           commit_message=args.commit_message)
+    except (ValueError, RuntimeError, FileNotFoundError) as err:
+        print(f"dcls-zoo push: error: {err}", file=sys.stderr)
+        return 1
+    print(("would send " if args.dry_run else "sent ") + plan.describe())
+    return 0
+
+
+def _add_tag(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "tag", help="tag an audio file (WAV) with the top AudioSet labels of an audio model",
+        description="Run an audio tagging model on a recording: it is cut into clips (the last one zero-padded), each "
+                    "class keeps its highest probability over the clips, and the top labels are printed. Stereo is "
+                    "averaged to mono (said on stderr); a sample rate other than the model's is an error.")
+    p.add_argument("audio", help="audio file: integer-PCM WAV (standard library) or anything `soundfile` reads")
+    p.add_argument("--model", default="convnext_audioset_tiny",
+                   help="registered audio model (default convnext_audioset_tiny); DCLS-Audio models get their "
+                        "waveform front-end (waveform_input=True)")
+    weights = p.add_mutually_exclusive_group(required=True)
+    weights.add_argument("--checkpoint", help="weights file (original layout or ours; .pth or .safetensors)")
+    weights.add_argument("--pretrained", action="store_true", help="the model's registered weights (Hub or Zenodo)")
+    p.add_argument("--top", type=int, default=10, help="number of labels to print (default 10)")
+    p.add_argument("--clip-seconds", type=float, default=10.0, help="clip length fed to the model (default 10)")
+    p.add_argument("--json", action="store_true", help="print a JSON list of {label, probability}")
+
+
+def _run_tag(args: argparse.Namespace) -> int:
+    import json
+
+    import timm
+
+    from .audio_io import read_audio, tag_waveform, to_mono
+
+    try:
+        if args.top < 1 or args.clip_seconds <= 0:
+            raise ValueError("--top must be >= 1 and --clip-seconds > 0")
+        waveform, rate = read_audio(args.audio)
+        if waveform.shape[0] > 1:
+            print(f"dcls-zoo tag: averaging {waveform.shape[0]} channels to mono", file=sys.stderr)
+        kwargs = dict(pretrained=True)
+        if args.checkpoint:
+            kwargs["pretrained_cfg_overlay"] = dict(file=args.checkpoint)
+        try:
+            model = timm.create_model(args.model, waveform_input=True, **kwargs)
+        except TypeError:  # models that always take waveforms have no waveform_input argument
+            model = timm.create_model(args.model, **kwargs)
+        tags = tag_waveform(model.eval(), to_mono(waveform), rate, top_k=args.top, clip_seconds=args.clip_seconds)
+    except (ValueError, TypeError, RuntimeError, FileNotFoundError) as err:
+        print(f"dcls-zoo tag: error: {err}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps([{"label": name, "probability": round(p, 6)} for name, p in tags], indent=1))
+    else:
+        for name, p in tags:
+            print(f"{p:.3f}  {name}")
+    return 0
+
+
 # (name, add-arguments, run) — later sub-commands are appended here, one line each.
 COMMANDS: list[tuple[str, Callable, Callable]] = [
     ("models", _add_models, _run_models),
+    ("convert", _add_convert, _run_convert),
+    ("push", _add_push, _run_push),
 ]
 
 
