@@ -277,9 +277,28 @@ class HermiteActivation(_OrthoActivation):
         return self.coefficients @ self._basis_matrix(self.coefficients)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return self._forward_plain(x)
+        return self._forward_fused(x)
+
+    @torch.jit.unused
+    def _forward_fused(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(x, type(self).__name__)
         lim = None if self.clamp is None else self.clamp.lim_val
         return _PolynomialFunction.apply(x, self.monomial_coefficients(), lim)
+
+    def _forward_plain(self, x: torch.Tensor) -> torch.Tensor:
+        """Plain autograd ops (TorchScript); same function, saves more for backward."""
+        u = x
+        clamp = self.clamp
+        if clamp is not None:
+            u = clamp(x)
+        basis = torch.tensor(self._basis, dtype=self.coefficients.dtype, device=self.coefficients.device)
+        m = (self.coefficients @ basis).to(x.dtype)
+        y = torch.zeros_like(u) + m[self.degree]
+        for j in range(self.degree - 1, -1, -1):
+            y = y * u + m[j]
+        return y
 
     def _fit_terms(self, x):
         u, du = x, torch.ones_like(x)
@@ -424,9 +443,21 @@ class FourierActivation(_OrthoActivation):
         return scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return self._forward_plain(x)
+        return self._forward_fused(x)
+
+    @torch.jit.unused
+    def _forward_fused(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(x, type(self).__name__)
         return _FourierFunction.apply(x, self.fundamental, self.phases, self.coefficients, self.grid,
                                       self._scale_tensor(self.coefficients))
+
+    def _forward_plain(self, x: torch.Tensor) -> torch.Tensor:
+        """Plain autograd ops (TorchScript); same function, saves more for backward."""
+        scale = torch.tensor(self._scale, dtype=self.coefficients.dtype, device=self.coefficients.device)
+        z = x.unsqueeze(-1) * self.grid.to(x.dtype) - self.phases.to(x.dtype)
+        return (z.cos() * (self.coefficients * scale).to(x.dtype)).sum(-1) + self.fundamental.to(x.dtype)
 
     def _fit_terms(self, x):
         z = x.unsqueeze(-1) * self.grid - self.phases
@@ -573,8 +604,19 @@ class TropicalActivation(_OrthoActivation):
         return slopes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return self._forward_plain(x)
+        return self._forward_fused(x)
+
+    @torch.jit.unused
+    def _forward_fused(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(x, type(self).__name__)
         return _max_affine(x, self._slopes(self.coefficients), self.coefficients, self.gain)
+
+    def _forward_plain(self, x: torch.Tensor) -> torch.Tensor:
+        """Plain autograd ops (TorchScript); same function, saves more for backward."""
+        slopes = torch.arange(self.degree + 1, dtype=x.dtype, device=x.device)
+        return (x.unsqueeze(-1) * slopes + self.coefficients.to(x.dtype)).amax(-1) * self.gain
 
     def _fit_terms(self, x):
         value = (x.unsqueeze(-1) * self._slopes(self.coefficients) + self.coefficients).amax(-1) * self.gain
@@ -622,9 +664,21 @@ class TropicalRationalActivation(_OrthoActivation):
                 for name in ("powers_num", "powers_denom", "coefficients_num", "coefficients_denom")}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return self._forward_plain(x)
+        return self._forward_fused(x)
+
+    @torch.jit.unused
+    def _forward_fused(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(x, type(self).__name__)
         return (_max_affine(x, self.powers_num, self.coefficients_num, 1.0)
                 - _max_affine(x, self.powers_denom, self.coefficients_denom, 1.0))
+
+    def _forward_plain(self, x: torch.Tensor) -> torch.Tensor:
+        """Plain autograd ops (TorchScript); same function, saves more for backward."""
+        xe = x.unsqueeze(-1)
+        return ((xe * self.powers_num.to(x.dtype) + self.coefficients_num.to(x.dtype)).amax(-1)
+                - (xe * self.powers_denom.to(x.dtype) + self.coefficients_denom.to(x.dtype)).amax(-1))
 
     def _fit_terms(self, x):
         xe = x.unsqueeze(-1)

@@ -1,0 +1,200 @@
+"""ConvNeXt with learnable Hermite, Fourier or tropical activations in every block's MLP.
+
+Paper: Polynomial, trigonometric, and tropical activations (Khalfaoui-Hassani, Kesselheim), arXiv:2502.01247
+(ICLR 2026). Original code: https://github.com/K-H-Ismail/ConvNeXt-ortho (MIT), activations from ``torchortho``.
+
+The model is timm's own `ConvNeXt`; the only change is the block MLP's activation (one instance per block, so
+18 coefficient sets in ConvNeXt-T), as in the original. The paper's degrees: Hermite 3, Fourier 5, Tropical 5.
+Activation coefficients are 1-D and trained without weight decay and at the common learning rate, as the
+authors did (`no_weight_decay`). No weights are released; `checkpoint_filter_fn` maps the original FB-layout
+checkpoints (``stages.{s}.{b}.act.*``, ``downsample_layers``, ``pwconv``) to timm names.
+"""
+from __future__ import annotations
+
+import re
+from functools import partial
+from typing import Any
+
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import register_notrace_module
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import convnext as timm_convnext
+
+from ..layers.activations import ACTIVATION_CLASSES, DEFAULT_DEGREES, activation_parameter_names
+
+__all__ = ["OrthoConvNeXt"]
+
+# The activations run custom autograd functions (and the tropical ones a host-side envelope): FX graphs keep them
+# as leaf modules, like timm's own non-traceable layers.
+for _activation_cls in ACTIVATION_CLASSES.values():
+    register_notrace_module(_activation_cls)
+
+
+class OrthoConvNeXt(timm_convnext.ConvNeXt):
+    """timm `ConvNeXt` whose block-MLP activation is a learnable Hermite / Fourier / tropical function.
+
+    Args (in addition to timm's ConvNeXt arguments, less `act_layer`):
+        activation: 'hermite', 'fourier', 'tropical' or 'tropical_rational'.
+        activation_degree: degree of the activation (default: the paper's, 3 / 5 / 5 / 6).
+        activation_scheme: 'default' (torchortho 0.1.2 normalisation and init) or 'legacy' (0.1.0/0.1.1).
+    """
+
+    def __init__(
+        self,
+        activation: str = "hermite",
+        activation_degree: int | None = None,
+        activation_scheme: str = "default",
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        global_pool: str = "avg",
+        output_stride: int = 32,
+        depths: tuple[int, ...] = (3, 3, 9, 3),
+        dims: tuple[int, ...] = (96, 192, 384, 768),
+        kernel_sizes: int | tuple[int, ...] = 7,
+        ls_init_value: float | None = 1e-6,
+        stem_type: str = "patch",
+        patch_size: int = 4,
+        head_init_scale: float = 1.0,
+        head_norm_first: bool = False,
+        head_hidden_size: int | None = None,
+        conv_mlp: bool = False,
+        conv_bias: bool = True,
+        use_grn: bool = False,
+        norm_layer: Any = None,
+        norm_eps: float | None = None,
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        device=None,
+        dtype=None,
+    ) -> None:
+        if activation not in ACTIVATION_CLASSES:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATION_CLASSES)}, got {activation!r}")
+        degree = DEFAULT_DEGREES[activation] if activation_degree is None else activation_degree
+        # timm's Mlp calls act_layer() with no arguments: bind degree, scheme and the factory device/dtype here
+        act_layer = partial(ACTIVATION_CLASSES[activation], degree, scheme=activation_scheme, device=device,
+                            dtype=dtype)
+        super().__init__(
+            in_chans=in_chans, num_classes=num_classes, global_pool=global_pool, output_stride=output_stride,
+            depths=depths, dims=dims, kernel_sizes=kernel_sizes, ls_init_value=ls_init_value, stem_type=stem_type,
+            patch_size=patch_size, head_init_scale=head_init_scale, head_norm_first=head_norm_first,
+            head_hidden_size=head_hidden_size, conv_mlp=conv_mlp, conv_bias=conv_bias, use_grn=use_grn,
+            act_layer=act_layer, norm_layer=norm_layer, norm_eps=norm_eps, drop_rate=drop_rate,
+            drop_path_rate=drop_path_rate, device=device, dtype=dtype,
+        )
+        self.activation = activation
+        self.activation_degree = degree
+
+    def no_weight_decay(self) -> set[str]:
+        """Activation coefficients are trained without weight decay, as in the original recipe."""
+        return activation_parameter_names(self)
+
+
+# Activation keys are remapped here and kept away from timm's remap, which would try to reshape torchortho's 2-D
+# `coeffs` buffer to a model key; the activation modules accept (and check) those buffers when loading.
+_ACT_KEY = re.compile(r"^stages\.(\d+)\.(\d+)\.act\.(.+)$")
+
+
+def checkpoint_filter_fn(state_dict: dict, model: OrthoConvNeXt) -> dict:
+    """Original ConvNeXt-ortho layout (`{'model': ...}`, FB key names) → timm layout; timm layout passes through."""
+    if "model" in state_dict and "head.norm.weight" not in state_dict:
+        state_dict = state_dict["model"]
+    activation_keys = {}
+    rest = {}
+    for key, value in state_dict.items():
+        match = _ACT_KEY.match(key)
+        if match:
+            stage, block, name = match.groups()
+            activation_keys[f"stages.{stage}.blocks.{block}.mlp.act.{name}"] = value
+        else:
+            rest[key] = value
+    out = timm_convnext.checkpoint_filter_fn(rest, model)
+    out.update(activation_keys)
+    return out
+
+
+def _create_ortho_convnext(variant: str, pretrained: bool = False, **kwargs: Any) -> OrthoConvNeXt:
+    return build_model_with_cfg(
+        OrthoConvNeXt, variant, pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=(0, 1, 2, 3), flatten_sequential=True),
+        **kwargs,
+    )
+
+
+def _cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:
+    return {
+        "url": url,
+        "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7),
+        "crop_pct": 0.875, "interpolation": "bicubic",
+        "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
+        "first_conv": "stem.0", "classifier": "head.fc",
+        "license": "mit", "origin_url": "https://github.com/K-H-Ismail/ConvNeXt-ortho",
+        "paper_ids": "arXiv:2502.01247", "paper_name": "Polynomial, trigonometric, and tropical activations",
+        **kwargs,
+    }
+
+
+# No released weights: one untagged cfg per architecture (ImageNet-1k recipe of the original ConvNeXt).
+default_cfgs = generate_default_cfgs({
+    f"{activation}_convnext_{size}": _cfg()
+    for activation in ("hermite", "fourier", "tropical")
+    for size in ("tiny", "small", "base")
+})
+
+_TINY = dict(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768))
+_SMALL = dict(depths=(3, 3, 27, 3), dims=(96, 192, 384, 768))
+_BASE = dict(depths=(3, 3, 27, 3), dims=(128, 256, 512, 1024))
+
+
+@register_model
+def hermite_convnext_tiny(pretrained: bool = False, **kwargs: Any) -> OrthoConvNeXt:
+    model_args = dict(activation="hermite", activation_degree=3, **_TINY)
+    return _create_ortho_convnext("hermite_convnext_tiny", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def hermite_convnext_small(pretrained: bool = False, **kwargs: Any) -> OrthoConvNeXt:
+    model_args = dict(activation="hermite", activation_degree=3, **_SMALL)
+    return _create_ortho_convnext("hermite_convnext_small", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def hermite_convnext_base(pretrained: bool = False, **kwargs: Any) -> OrthoConvNeXt:
+    model_args = dict(activation="hermite", activation_degree=3, **_BASE)
+    return _create_ortho_convnext("hermite_convnext_base", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def fourier_convnext_tiny(pretrained: bool = False, **kwargs: Any) -> OrthoConvNeXt:
+    model_args = dict(activation="fourier", activation_degree=5, **_TINY)
+    return _create_ortho_convnext("fourier_convnext_tiny", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def fourier_convnext_small(pretrained: bool = False, **kwargs: Any) -> OrthoConvNeXt:
+    model_args = dict(activation="fourier", activation_degree=5, **_SMALL)
+    return _create_ortho_convnext("fourier_convnext_small", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def fourier_convnext_base(pretrained: bool = False, **kwargs: Any) -> OrthoConvNeXt:
+    model_args = dict(activation="fourier", activation_degree=5, **_BASE)
+    return _create_ortho_convnext("fourier_convnext_base", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def tropical_convnext_tiny(pretrained: bool = False, **kwargs: Any) -> OrthoConvNeXt:
+    model_args = dict(activation="tropical", activation_degree=5, **_TINY)
+    return _create_ortho_convnext("tropical_convnext_tiny", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def tropical_convnext_small(pretrained: bool = False, **kwargs: Any) -> OrthoConvNeXt:
+    model_args = dict(activation="tropical", activation_degree=5, **_SMALL)
+    return _create_ortho_convnext("tropical_convnext_small", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def tropical_convnext_base(pretrained: bool = False, **kwargs: Any) -> OrthoConvNeXt:
+    model_args = dict(activation="tropical", activation_degree=5, **_BASE)
+    return _create_ortho_convnext("tropical_convnext_base", pretrained=pretrained, **dict(model_args, **kwargs))
