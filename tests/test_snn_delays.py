@@ -1,4 +1,5 @@
 """SNN with learnable delays: parity with the original network assembled from dcls + spikingjelly (test-only)."""
+import numpy as np
 import pytest
 import timm
 import torch
@@ -254,3 +255,59 @@ def test_timm_contract_pieces():
         timm.create_model("snn_delays_shd", in_chans=3)
     with pytest.raises(TypeError):
         timm.create_model("snn_delays_shd", not_an_arg=1)
+
+
+# ------------------------------------------------------------------------------------------ SHD/SSC event files
+
+def _write_event_file(path, samples, labels, time_dtype):
+    h5py = pytest.importorskip("h5py")
+    with h5py.File(path, "w") as f:
+        grp = f.create_group("spikes")
+        times = grp.create_dataset("times", (len(samples),), dtype=h5py.vlen_dtype(np.dtype(time_dtype)))
+        units = grp.create_dataset("units", (len(samples),), dtype=h5py.vlen_dtype(np.dtype("uint16")))
+        for i, (t, u) in enumerate(samples):
+            times[i], units[i] = t.astype(time_dtype), u.astype("uint16")
+        f.create_dataset("labels", data=np.asarray(labels, dtype="uint16"))
+
+
+def _random_events(rng, n, duration_s):
+    t = np.sort(rng.uniform(0.02, duration_s, n))
+    t[-1] = t[0] + 0.25  # an event exactly on a frame boundary at the end (goes to the last frame)
+    return t, rng.integers(0, 700, n)
+
+
+@pytest.mark.parametrize("time_dtype", ["float32", "float16", "float64"])
+def test_event_file_binning_matches_spikingjelly(tmp_path, time_dtype):
+    from spikingjelly.datasets.shd import _integrate_events_by_fixed_duration
+
+    from dcls_zoo.data.spikes import SpikingAudioDataset, pad_collate
+
+    rng = np.random.default_rng(0)
+    samples = [_random_events(rng, n, d) for n, d in ((300, 0.9), (50, 0.3), (800, 1.2))]
+    path = tmp_path / "shd_test.h5"
+    _write_event_file(path, samples, [3, 0, 19], time_dtype)
+    data = SpikingAudioDataset(path)
+    assert len(data) == 3
+    for i, (t, u) in enumerate(samples):
+        frames = _integrate_events_by_fixed_duration({"t": t.astype(time_dtype), "x": u.astype("uint16")}, 10, 700)
+        expected = np.stack([frames[:, 5 * j:5 * (j + 1)].sum(axis=1) for j in range(140)], axis=1)
+        counts, label = data[i]
+        assert counts.dtype == torch.float32 and counts.shape == expected.shape
+        assert np.array_equal(counts.numpy(), expected.astype(np.float32))
+        assert counts.sum() == len(t)
+    x, y, lengths = pad_collate([data[0], data[1], data[2]])
+    assert x.shape == (3, int(lengths.max()), 140) and y.tolist() == [3, 0, 19]
+    assert x[1, lengths[1]:].abs().sum() == 0
+    model = SnnDelays(hidden_sizes=(8,), num_classes=20, max_delay=5).eval()
+    assert model(x).shape == (3, 20)
+
+
+def test_event_file_errors(tmp_path):
+    from dcls_zoo.data.spikes import SpikingAudioDataset, bin_spike_events
+
+    with pytest.raises(FileNotFoundError, match="no HDF5 file"):
+        SpikingAudioDataset(tmp_path / "missing.h5")
+    with pytest.raises(ValueError, match=r"\[0, 700\)"):
+        bin_spike_events(np.array([0.1, 0.2]), np.array([3, 700]))
+    with pytest.raises(ValueError, match="no spikes"):
+        bin_spike_events(np.array([]), np.array([]))
