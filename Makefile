@@ -1,0 +1,31 @@
+# The two set-up commands of the README. Each works alone on a fresh machine: it installs what it needs first.
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+# One thread per process (2-core machines: oversubscription makes small tests 3-10x slower), offline Hub.
+TEST_ENV := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 HF_HUB_DISABLE_XET=1
+PYTEST_ARGS ?= -n 2 -q -p no:cacheprovider --timeout=900
+
+.PHONY: install install-test demo test readme
+
+# torch and torchvision are installed together first (a matching pair; other pairs fail to import
+# torchvision, which timm needs), then the package, so pip keeps that torch.
+install:
+	$(PIP) install --quiet "torch==2.14.1" "torchvision==0.29.1"
+	$(PIP) install --quiet -e ".[train]"
+
+install-test:
+	$(PIP) install --quiet "torch==2.14.1" "torchvision==0.29.1"
+	$(PIP) install --quiet -e ".[train,test]"
+
+# README command 1: the main job on its embedded default.
+demo: install
+	dcls-zoo train
+
+# README command 2: the whole test suite (timm's own model tests are fetched for the installed timm first).
+test: install-test
+	$(PYTHON) scripts/fetch_third_party_tests.py
+	$(TEST_ENV) $(PYTHON) -m pytest $(PYTEST_ARGS)
+
+# Regenerate the README's model table from the registry.
+readme:
+	dcls-zoo models --write-readme README.md
