@@ -136,8 +136,9 @@ class _Handler(BaseHTTPRequestHandler):
         repo_id = f"{org}/{name}" if org else f"test-user/{name}"
         hub = self.server.hub
         with hub.lock:
-            if repo_id in hub.repos:
-                self._error(409, "You already created this model repo")
+            if repo_id in hub.repos:   # the Hub answers 409 with the url, which create_repo(exist_ok=True) reads
+                self._json(409, {"error": "You already created this model repo", "url": f"{hub.url}/{repo_id}"},
+                           headers={"X-Error-Message": "You already created this model repo"})
                 return
             if len(hub.repos) >= hub.max_repos:
                 self._error(507, f"test server holds at most {hub.max_repos} repos")
