@@ -1,0 +1,68 @@
+"""`dcls-zoo train` arguments, generated from `TrainConfig` (one flag per field, help text from its comment)."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import json
+import re
+from typing import Any
+
+from .config import PRESETS, TrainConfig, config_from_preset
+
+DEFAULT_PRESET = "digits"
+# Flags that name other data or another task: given without --preset, they start from the plain defaults
+# instead of the digits preset (whose 1-channel 32-pixel settings would not fit other data).
+_LEAVES_DEFAULT_PRESET = ("dataset", "task")
+
+
+def _field_help() -> dict[str, str]:
+    source = inspect.getsource(TrainConfig)
+    return {m.group(1): m.group(2).strip() for m in re.finditer(r"^\s+(\w+): [^=]+=.*?#\s*(.+)$", source, re.M)}
+
+
+def _json_dict(text: str) -> dict[str, Any]:
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    helps = _field_help()
+    parser.add_argument("--preset", default=None, choices=sorted(PRESETS) + ["none"],
+                        help=f"named recipe applied before the other flags (default: {DEFAULT_PRESET!r} unless "
+                             "--dataset or --task is given; 'none' for the plain defaults)")
+    defaults = TrainConfig()
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        text = helps.get(f.name, "")
+        default = getattr(defaults, f.name)
+        kwargs: dict[str, Any] = dict(dest=f.name, default=argparse.SUPPRESS,
+                                      help=f"{text} (default: {default})" if text else f"(default: {default})")
+        if kind == "bool":
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif kind.startswith("tuple"):
+            kwargs.update(nargs="+", type=float, metavar="X")
+        elif kind.startswith("dict"):
+            kwargs.update(type=_json_dict, metavar="JSON")
+        elif kind.startswith("int"):
+            kwargs["type"] = int
+        elif kind.startswith("float"):
+            kwargs["type"] = float
+        parser.add_argument(flag, **kwargs)
+
+
+def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, str | None]:
+    """The run's `TrainConfig` and the preset name it started from."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+    for name in ("scale", "ratio", "betas", "mean", "std"):
+        if name in values and values[name] is not None:
+            values[name] = tuple(values[name])
+    preset = args.preset
+    if preset is None and not any(name in values for name in _LEAVES_DEFAULT_PRESET):
+        preset = DEFAULT_PRESET
+    if preset == "none":
+        preset = None
+    return config_from_preset(preset, **values), preset

@@ -1,0 +1,375 @@
+"""One Accelerate training loop for the four task kinds (image, audio, lm, snn).
+
+Runs the same way as `dcls-zoo train ...` or under `accelerate launch` (several processes, mixed precision,
+gradient accumulation). Exact resumption: data order is a function of (seed, epoch), per-sample augmentation
+runs under an RNG seeded by (seed, epoch, index), the learning rate is a function of the step, and checkpoints
+(Accelerate `save_state`: model, optimiser, RNG states; plus the step) are written atomically, so a run killed at
+any moment and resumed from its last checkpoint ends with the same weights as an uninterrupted run.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .callbacks import (
+    Callback,
+    ClampDclsPositions,
+    MetricsLogger,
+    SigmaScheduleCallback,
+    has_dcls_layers,
+    has_scheduled_sigma,
+    read_jsonl,
+)
+from .config import TrainConfig
+from .data import EpochShuffleSampler, TransformedDataset, load_splits
+from .optim import create_optimizer, create_scheduler
+from .tasks import TASK_ADAPTERS, TaskAdapter
+
+_logger = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_PREFIX = "step_"
+TRAINER_STATE = "trainer_state.json"
+METRICS_FILE = "metrics.jsonl"
+CURVES_FILE = "training_curves.png"
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training stopped because the loss became NaN or infinite; `checkpoint` is the last good one (or None)."""
+
+    def __init__(self, step: int, value: float, checkpoint: str | None):
+        self.step, self.value, self.checkpoint = step, value, checkpoint
+        kept = (f"the last good checkpoint is kept at {checkpoint} (resume with --resume)" if checkpoint
+                else "no checkpoint had been saved yet")
+        super().__init__(f"loss became {value} at optimizer step {step + 1}; training stopped, nothing after it was "
+                         f"saved; {kept}")
+
+
+def _tensorboard_available() -> bool:
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        try:
+            import tensorboardX  # noqa: F401
+        except ImportError:
+            return False
+    return True
+
+
+class Trainer:
+    """Train `cfg.model` on `cfg.dataset` for `cfg.task`.
+
+    `model` may be given directly (an `nn.Module` whose forward takes the adapter's inputs); otherwise the task
+    adapter builds it from the config. Extra `callbacks` run after the built-in ones.
+    """
+
+    def __init__(self, cfg: TrainConfig, *, model: nn.Module | None = None, callbacks: list[Callback] = ()):
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        self.cfg = cfg
+        cpu = cfg.cpu or not torch.cuda.is_available()
+        if cfg.mixed_precision == "fp16" and cpu:
+            raise ValueError("--mixed-precision fp16 needs a GPU: on CPU Accelerate accepts it but silently runs in "
+                             "fp32; use bf16 (or no) on CPU")
+        report_to = cfg.report_to
+        if report_to == "auto":
+            report_to = "tensorboard" if _tensorboard_available() else "none"
+        # Accelerate keeps process-wide singletons; a second Trainer in the same process (notebooks, tests) may
+        # ask for another precision or accumulation, so the per-run part of that state starts afresh. The
+        # distributed setup (PartialState) is kept.
+        from accelerate.state import AcceleratorState, GradientState
+
+        AcceleratorState._reset_state(reset_partial_state=False)
+        GradientState._reset_state()
+        self.accelerator = Accelerator(
+            cpu=cpu, mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum_steps,
+            log_with=None if report_to == "none" else report_to, project_dir=cfg.output_dir,
+        )
+        self.trackers_enabled = report_to != "none"
+        self.output_dir = cfg.output_dir
+        self.logging_dir = os.path.join(self.output_dir, "logs")
+        self.checkpoint_dir = os.path.join(self.output_dir, CHECKPOINT_DIR)
+        if self.accelerator.is_main_process:
+            os.makedirs(self.logging_dir, exist_ok=True)
+        set_seed(cfg.seed)
+
+        # data
+        self.adapter: TaskAdapter = TASK_ADAPTERS[cfg.task](cfg)
+        train_rows, eval_rows, self.eval_split = load_splits(
+            cfg.dataset, dataset_config=cfg.dataset_config, train_split=cfg.train_split, eval_split=cfg.eval_split,
+            eval_fraction=cfg.eval_fraction, label_column=cfg.label_column, seed=cfg.seed,
+            max_train_samples=cfg.max_train_samples, max_eval_samples=cfg.max_eval_samples)
+        self.adapter.check_data(train_rows, eval_rows, self.eval_split)
+        with self.accelerator.main_process_first():
+            train_rows = self.adapter.prepare_rows(train_rows, training=True)
+            eval_rows = self.adapter.prepare_rows(eval_rows, training=False)
+        self.num_train_samples, self.num_eval_samples = len(train_rows), len(eval_rows)
+        world = self.accelerator.num_processes
+        if self.num_train_samples < cfg.batch_size * world:
+            raise ValueError(f"split {cfg.train_split!r} has {self.num_train_samples} rows, fewer than one batch "
+                             f"({cfg.batch_size} x {world} process(es)); lower --batch-size")
+
+        # model (the adapter also resolves the input pipeline from the model's pretrained_cfg)
+        if model is None:
+            model = self.adapter.build_model()
+        self.adapter.setup_inputs(model)
+        self.model = model
+
+        adapter = self.adapter
+        self.train_set = TransformedDataset(train_rows, lambda r: adapter.transform(r, True), seed=cfg.seed)
+        self.eval_set = TransformedDataset(eval_rows, lambda r: adapter.transform(r, False))
+        self.sampler = EpochShuffleSampler(len(self.train_set), cfg.seed)
+        # an explicit generator keeps the DataLoader from drawing its worker seed from the global RNG
+        train_loader = torch.utils.data.DataLoader(
+            self.train_set, batch_size=cfg.batch_size, sampler=self.sampler, drop_last=True,
+            num_workers=cfg.num_workers, collate_fn=adapter.collate, generator=torch.Generator().manual_seed(cfg.seed),
+            persistent_workers=False)
+        eval_loader = torch.utils.data.DataLoader(
+            self.eval_set, batch_size=cfg.eval_batch_size or cfg.batch_size, shuffle=False,
+            num_workers=cfg.num_workers, collate_fn=adapter.collate)
+
+        self.optimizer = create_optimizer(self.model, cfg)
+        self.prepared_model, self.prepared_optimizer, self.train_loader, self.eval_loader = self.accelerator.prepare(
+            self.model, self.optimizer, train_loader, eval_loader)
+        self.micro_batches_per_epoch = len(self.train_loader)
+        self.steps_per_epoch = math.ceil(self.micro_batches_per_epoch / cfg.grad_accum_steps)
+        self.total_steps = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * self.steps_per_epoch
+        self.num_epochs = max(1, math.ceil(self.total_steps / self.steps_per_epoch))
+        self.scheduler = create_scheduler(self.optimizer, cfg, self.steps_per_epoch, self.total_steps)
+
+        self.callbacks: list[Callback] = []
+        if cfg.clamp_positions and has_dcls_layers(self.model):
+            self.callbacks.append(ClampDclsPositions())
+        if cfg.sigma_schedule and has_scheduled_sigma(self.model):
+            self.callbacks.append(SigmaScheduleCallback(self.model, self.num_epochs))
+        self.metrics_path = os.path.join(self.logging_dir, METRICS_FILE)
+        self.callbacks.append(MetricsLogger(self.metrics_path))
+        self.callbacks.extend(callbacks)
+
+        self.global_step = 0
+        self.epoch = 0
+        self.last_loss = float("nan")
+        self.samples_per_second = 0.0
+        self.last_checkpoint: str | None = None
+        self.eval_history: list[dict[str, Any]] = []
+        self.train_runtime = 0.0
+
+    # --- properties used by callbacks -------------------------------------------------------------------
+    @property
+    def current_lr(self) -> float:
+        # the lr of the main group (lr_scale 1); scaled groups follow it
+        for group in self.optimizer.param_groups:
+            if group.get("lr_scale", 1.0) == 1.0:
+                return float(group["lr"])
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    @property
+    def epoch_progress(self) -> float:
+        return self.global_step / self.steps_per_epoch
+
+    def _call(self, hook: str, *args: Any) -> None:
+        for cb in self.callbacks:
+            getattr(cb, hook)(self, *args)
+
+    # --- checkpoints ------------------------------------------------------------------------------------
+    def _checkpoints(self) -> list[tuple[int, str]]:
+        if not os.path.isdir(self.checkpoint_dir):
+            return []
+        found = []
+        for name in os.listdir(self.checkpoint_dir):
+            path = os.path.join(self.checkpoint_dir, name)
+            if name.startswith(CHECKPOINT_PREFIX) and os.path.exists(os.path.join(path, TRAINER_STATE)):
+                found.append((int(name[len(CHECKPOINT_PREFIX):]), path))
+        return sorted(found)
+
+    def save_checkpoint(self) -> str:
+        """Accelerate `save_state` into a temporary folder, then an atomic rename: a run killed while saving never
+        leaves a half-written checkpoint behind."""
+        acc = self.accelerator
+        final = os.path.join(self.checkpoint_dir, f"{CHECKPOINT_PREFIX}{self.global_step:08d}")
+        tmp = os.path.join(self.checkpoint_dir, f".tmp-{CHECKPOINT_PREFIX}{self.global_step:08d}")
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            os.makedirs(tmp)
+        acc.wait_for_everyone()
+        acc.save_state(output_dir=tmp)
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            state = {"global_step": self.global_step, "epoch": self.epoch, "eval_history": self.eval_history,
+                     "config": self.cfg.to_dict()}
+            with open(os.path.join(tmp, TRAINER_STATE), "w") as f:
+                json.dump(state, f, indent=1)
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            for _, old in self._checkpoints()[:-self.cfg.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        acc.wait_for_everyone()
+        self.last_checkpoint = final
+        return final
+
+    def _resume(self) -> int:
+        """Load the latest complete checkpoint; returns the number of micro-batches to skip in its epoch."""
+        checkpoints = self._checkpoints()
+        if not checkpoints:
+            raise FileNotFoundError(f"--resume: no checkpoint in {self.checkpoint_dir}")
+        step, path = checkpoints[-1]
+        with open(os.path.join(path, TRAINER_STATE)) as f:
+            state = json.load(f)
+        self.accelerator.load_state(path)
+        self.global_step = state["global_step"]
+        self.eval_history = state.get("eval_history", [])
+        self.last_checkpoint = path
+        if self.scheduler is not None:
+            self.scheduler.step_update(self.global_step)
+        if self.accelerator.is_main_process:  # drop log lines written after this checkpoint by the killed run
+            records = [r for r in read_jsonl(self.metrics_path) if r["step"] <= self.global_step]
+            with open(self.metrics_path, "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in records)
+        self.accelerator.print(f"resumed from {path} (optimizer step {self.global_step})")
+        return (self.global_step % self.steps_per_epoch) * self.cfg.grad_accum_steps
+
+    # --- evaluation -------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module | None = None, loader=None) -> dict[str, float]:
+        model = model if model is not None else self.prepared_model
+        loader = loader if loader is not None else self.eval_loader
+        was_training = model.training
+        model.eval()
+        parts: dict[str, list[torch.Tensor]] = {}
+        for batch in loader:
+            with self.accelerator.autocast():
+                outputs = self.adapter.forward(model, batch)
+            values = self.adapter.eval_step(outputs, batch)
+            for k, v in self.accelerator.gather_for_metrics(values).items():
+                parts.setdefault(k, []).append(v.detach().float().cpu())
+        model.train(was_training)
+        return self.adapter.compute_metrics({k: torch.cat(v) for k, v in parts.items()})
+
+    # --- training ---------------------------------------------------------------------------------------
+    def train(self) -> dict[str, Any]:
+        cfg, acc = self.cfg, self.accelerator
+        if self.trackers_enabled:
+            acc.init_trackers("dcls-zoo", config={k: v for k, v in cfg.to_dict().items()
+                                                 if isinstance(v, (int, float, str, bool))})
+        skip = self._resume() if cfg.resume else 0
+        if not cfg.resume and acc.is_main_process and os.path.exists(self.metrics_path):
+            os.remove(self.metrics_path)
+        if cfg.resume and not self._checkpoints():
+            raise FileNotFoundError(f"--resume: no checkpoint in {self.checkpoint_dir}")
+        self._call("on_train_begin")
+        start_epoch = self.global_step // self.steps_per_epoch
+        progress = None
+        if cfg.progress and acc.is_local_main_process:
+            from tqdm.auto import tqdm
+
+            progress = tqdm(total=self.total_steps, initial=self.global_step, desc="train", dynamic_ncols=True)
+        model = self.prepared_model
+        model.train()
+        t_start = time.perf_counter()
+        window_t, window_samples = time.perf_counter(), 0
+        loss_sum, loss_count = 0.0, 0
+        done = self.global_step >= self.total_steps
+        for epoch in range(start_epoch, self.num_epochs):
+            if done:
+                break
+            self.epoch = epoch
+            self.sampler.set_epoch(epoch)
+            self.train_set.set_epoch(epoch)
+            self.train_loader.set_epoch(epoch)
+            loader = acc.skip_first_batches(self.train_loader, skip) if skip else self.train_loader
+            skip = 0
+            save_after_epoch = False
+            for batch in loader:
+                with acc.accumulate(model):
+                    batch = self.adapter.batch_augment(batch)
+                    outputs = self.adapter.forward(model, batch)
+                    loss = self.adapter.loss(outputs, batch, training=True)
+                    finite = torch.isfinite(loss.detach()).to(torch.float32)
+                    if acc.gather(finite.reshape(1)).min() < 1:
+                        raise NonFiniteLossError(self.global_step, float(loss.detach()), self.last_checkpoint)
+                    acc.backward(loss)
+                    if acc.sync_gradients and cfg.clip_grad:
+                        acc.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+                    self.prepared_optimizer.step()
+                    self.prepared_optimizer.zero_grad(set_to_none=True)
+                loss_sum += float(loss.detach())
+                loss_count += 1
+                window_samples += batch["targets"].shape[0] * acc.num_processes
+                if not acc.sync_gradients:
+                    continue
+                self.global_step += 1
+                if self.scheduler is not None:
+                    self.scheduler.step_update(self.global_step)
+                self.last_loss = loss_sum / loss_count
+                loss_sum, loss_count = 0.0, 0
+                now = time.perf_counter()
+                self.samples_per_second = window_samples / max(now - window_t, 1e-9)
+                window_t, window_samples = now, 0
+                self._call("on_step_end")
+                if progress is not None:
+                    progress.update(1)
+                    progress.set_postfix(loss=f"{self.last_loss:.4f}", lr=f"{self.current_lr:.2e}",
+                                         samples_s=f"{self.samples_per_second:.1f}", refresh=False)
+                epoch_ends = self.global_step % self.steps_per_epoch == 0
+                if cfg.save_every and self.global_step % cfg.save_every == 0:
+                    if epoch_ends:
+                        save_after_epoch = True  # after the epoch-end hooks, so a resume does not skip them
+                    else:
+                        self.save_checkpoint()
+                if self.global_step >= self.total_steps:
+                    done = True
+                    break
+            if self.global_step % self.steps_per_epoch == 0:  # the epoch ran to its end
+                self._call("on_epoch_end")
+                last = self.global_step >= self.total_steps
+                if (epoch + 1) % cfg.eval_every_epochs == 0 or last:
+                    self._run_eval()
+                if save_after_epoch or cfg.save_every is None:
+                    self.save_checkpoint()
+            elif done:
+                self._run_eval()
+        if progress is not None:
+            progress.close()
+        self.train_runtime = time.perf_counter() - t_start
+        if not self.eval_history or self.eval_history[-1]["step"] != self.global_step:
+            self._run_eval()
+        self._call("on_train_end")
+        results = self._final_results()
+        acc.wait_for_everyone()
+        if self.trackers_enabled:
+            acc.end_training()
+        return results
+
+    def _run_eval(self) -> dict[str, float]:
+        metrics = self.evaluate()
+        self.eval_history.append({"step": self.global_step, "epoch": round(self.epoch_progress, 4), **metrics})
+        self._call("on_evaluate", metrics)
+        self.accelerator.print(f"epoch {self.epoch_progress:.2f} step {self.global_step}: " + ", ".join(
+            f"eval_{k} {v:.4f}" for k, v in metrics.items()))
+        return metrics
+
+    def _final_results(self) -> dict[str, Any]:
+        final = self.eval_history[-1]
+        eval_results = {"epoch": final["epoch"], **{f"eval_{k}": v for k, v in final.items()
+                                                    if k not in ("step", "epoch")},
+                        "eval_samples": self.num_eval_samples}
+        train_results = {"epoch": round(self.epoch_progress, 4), "global_step": self.global_step,
+                         "train_loss": self.last_loss, "train_runtime": round(self.train_runtime, 2),
+                         "train_samples": self.num_train_samples,
+                         "train_samples_per_second": round(
+                             self.global_step * self.cfg.batch_size * self.cfg.grad_accum_steps
+                             * self.accelerator.num_processes / max(self.train_runtime, 1e-9), 2)}
+        return {"train": train_results, "eval": eval_results}
+
+    # --- final folder -----------------------------------------------------------------------------------
+    def unwrapped_model(self) -> nn.Module:
+        return self.accelerator.unwrap_model(self.prepared_model)
