@@ -20,8 +20,7 @@ Checkpoints in the original layouts load through `checkpoint_filter_fn` (the fla
 ConvMixer, the `CifarNet` names of the original SE-ResNet); the copies a shared checkpoint stores under every alias
 must agree, and a file that stores each shared tensor once (safetensors) gets its aliases back.
 """
-from __future__ import annotations
-
+# No `from __future__ import annotations`: torch.fx + TorchScript need real annotations on forward().
 import re
 from functools import partial
 from typing import Any, List, Optional, Tuple, Union
@@ -114,6 +113,8 @@ class SEResNetCifar(nn.Module):
         dd = {"device": device, "dtype": dtype}
         if depth < 1:
             raise ValueError(f"depth (blocks per stage) must be >= 1, got {depth!r}")
+        if len(channels) != 3:
+            raise ValueError(f"channels must give the widths of the 3 stages, got {channels!r}")
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.drop_rate = drop_rate
@@ -161,7 +162,8 @@ class SEResNetCifar(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def _stages(self) -> List[nn.Sequential]:
+    @torch.jit.ignore
+    def _stages(self) -> List[nn.Module]:
         return [getattr(self, f"layer{i + 1}") for i in range(self.num_stages)]
 
     @torch.jit.ignore
@@ -207,7 +209,7 @@ class SEResNetCifar(nn.Module):
             stages = stages[:max_index]
         for i, stage in enumerate(stages, start=1):
             if self.grad_checkpointing and not torch.jit.is_scripting():
-                x = checkpoint_seq(stage, x, flatten=True)
+                x = checkpoint_seq(stage, x)
             else:
                 x = stage(x)
             if i in take_indices:
@@ -232,11 +234,12 @@ class SEResNetCifar(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act1(self.bn1(self.conv1(x)))
-        for stage in self._stages():
-            if self.grad_checkpointing and not torch.jit.is_scripting():
-                x = checkpoint_seq(stage, x, flatten=True)
-            else:
-                x = stage(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq([self.layer1, self.layer2, self.layer3], x, flatten=True)
+        else:
+            x = self.layer1(x)
+            x = self.layer2(x)
+            x = self.layer3(x)
         return x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -316,7 +319,7 @@ def _create_se_resnet(
     return build_model_with_cfg(
         SEResNetCifar, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=(0, 1, 2, 3), flatten_sequential=True),
+        feature_cfg=dict(out_indices=(0, 1, 2, 3)),
         **kwargs,
     )
 
