@@ -51,12 +51,28 @@ __all__ = [
     "create_activation",
     "fit_activation",
     "activation_parameter_names",
+    "reference_scheme",
 ]
 
 SCHEMES = ("default", "legacy")
 # torchortho 0.1.0/0.1.1 constants: sqrt(pi^2/6 - zeta(3)) and sqrt(6)/pi
 _LEGACY_BIAS = 0.66549
 _LEGACY_GAIN = math.sqrt(6.0) / math.pi
+
+
+def reference_scheme(buffers: dict) -> Optional[str]:
+    """Which torchortho scheme a module's reference buffers reveal ('default' = 0.1.2, 'legacy'), or None.
+
+    Hermite's ``coeffs[2, 0]`` is ``1/2!`` in 0.1.2 and ``sqrt(2!)/2!`` before; Fourier's ``normalization_term``
+    exists only in 0.1.2. Other buffers say nothing.
+    """
+    coeffs = buffers.get("coeffs")
+    if coeffs is not None and coeffs.ndim == 2 and coeffs.shape[0] > 2:
+        return "default" if abs(float(coeffs[2, 0]) - 0.5) < 1e-4 else "legacy"
+    term = buffers.get("normalization_term")
+    if term is not None and "grid" not in buffers and "coeffs" not in buffers:
+        return "default"  # Fourier (Hermite's numba-only normalization_term comes with coeffs)
+    return None
 
 
 def _check_degree(degree: int, minimum: int = 1) -> int:
@@ -312,12 +328,10 @@ class HermiteActivation(_OrthoActivation):
         return value, deriv
 
     def _check_reference_buffer(self, name, value):
-        if name == "coeffs" and value.ndim == 2 and value.shape[0] > 2:
-            # torchortho's coeffs[2, 0] is 1/2! (0.1.2) or sqrt(2!)/2! (0.1.0/0.1.1)
-            found = "default" if abs(float(value[2, 0]) - 0.5) < 1e-4 else "legacy"
-            if found != self.scheme:
-                raise ValueError(f"checkpoint uses the {found!r} Hermite basis but this HermiteActivation has "
-                                 f"scheme={self.scheme!r}; build it with scheme={found!r}")
+        found = reference_scheme({name: value})
+        if found is not None and found != self.scheme:
+            raise ValueError(f"checkpoint uses the {found!r} Hermite basis but this HermiteActivation has "
+                             f"scheme={self.scheme!r}; build it with scheme={found!r}")
 
     def _fit_signature(self) -> str:
         return super()._fit_signature() + f"-clamp{self.clamp is not None}"
@@ -467,7 +481,7 @@ class FourierActivation(_OrthoActivation):
         return value, deriv
 
     def _check_reference_buffer(self, name, value):
-        if self.scheme == "legacy":
+        if reference_scheme({name: value}) != self.scheme:
             raise ValueError("checkpoint has torchortho 0.1.2's Fourier normalization_term (1/k! weights) but this "
                              "FourierActivation has scheme='legacy'; build it with scheme='default'")
 
