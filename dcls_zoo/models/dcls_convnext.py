@@ -19,7 +19,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import convnext as timm_convnext
 from timm.models import generate_default_cfgs, register_model
 
-from ..layers import check_shared_copies_equal, clamp_dcls_parameters, dcls_position_parameter_names, dclsify
+from ..layers import clamp_dcls_parameters, dcls_position_parameter_names, dclsify
 from ._builder import build_dcls_model
 
 __all__ = ["DclsConvNeXt"]
@@ -95,12 +95,10 @@ class DclsConvNeXt(timm_convnext.ConvNeXt):
 def checkpoint_filter_fn(state_dict: dict, model: DclsConvNeXt) -> dict:
     """Original ConvNeXt-dcls layout (`{'model': ...}`, FB key names) → timm layout; timm layout passes through.
 
-    Every block of a stage stores a copy of the stage's positions; the copies must agree (they do in the
-    released checkpoints) since the model keeps one shared tensor per stage.
+    Every block of a stage stores a copy of the stage's positions; `build_dcls_model` checks that the copies
+    agree (they do in the released checkpoints) since the model keeps one shared tensor per stage.
     """
-    state_dict = timm_convnext.checkpoint_filter_fn(state_dict, model)
-    check_shared_copies_equal(state_dict, model)
-    return state_dict
+    return timm_convnext.checkpoint_filter_fn(state_dict, model)
 
 
 def _create_dcls_convnext(variant: str, pretrained: bool = False, **kwargs: Any) -> DclsConvNeXt:
