@@ -76,6 +76,10 @@ def _pointed_at(hub, hf_home):
 def _tiny_gpt2_variant():
     from transformers import CONFIG_MAPPING, AutoConfig, AutoModelForCausalLM
 
+    try:
+        import dcls_zoo.lm  # noqa: F401  (registers ortho_gpt2; explicit until `import dcls_zoo` imports it)
+    except ImportError:
+        return None
     if GPT2_MODEL_TYPE not in CONFIG_MAPPING:
         return None
     config = AutoConfig.for_model(GPT2_MODEL_TYPE, vocab_size=64, n_positions=32, n_embd=16, n_layer=2, n_head=2,
@@ -100,6 +104,7 @@ with torch.no_grad():
     result.update(timm=a(x['image']), zoo=b(x['image']),
                   distinct_P=torch.tensor(len({id(m.P) for m in a.modules() if type(m).__name__ == 'Dcls2d'})))
     if lm_id != '-':
+        import dcls_zoo.lm
         from transformers import AutoModelForCausalLM
         lm = AutoModelForCausalLM.from_pretrained(lm_id).eval()
         result['logits'] = lm(x['tokens']).logits.contiguous()

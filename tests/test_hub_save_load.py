@@ -218,6 +218,32 @@ def test_convert_original_layout_checkpoint_verifies_logits(tmp_path):
         assert torch.equal(converted(x), source(x))
 
 
+def test_convert_nanogpt_layout_checkpoint_to_a_transformers_folder(tmp_path):
+    lm = pytest.importorskip("dcls_zoo.lm")
+    from transformers import AutoModelForCausalLM
+
+    config = lm.OrthoGPT2Config(vocab_size=64, n_positions=32, n_embd=16, n_layer=2, n_head=2, activation="gelu",
+                                activation_function="gelu", layer_norm_epsilon=1e-5,   # nanoGPT's exact GELU
+                                bos_token_id=0, eos_token_id=0)
+    torch.manual_seed(0)
+    source = lm.OrthoGPT2LMHeadModel(config).eval()
+    # nanoGPT layout: Linear weights (out, in) where transformers' Conv1D stores (in, out); lm_head tied to wte
+    nano = {k: (v.t() if re.search(r"\.(c_attn|c_proj|c_fc)\.weight$", k) else v).clone()
+            for k, v in source.state_dict().items() if k != "lm_head.weight"}
+    checkpoint = tmp_path / "ckpt.pt"
+    torch.save({"model": nano, "model_args": dict(n_layer=2, n_head=2, n_embd=16, block_size=32, vocab_size=64,
+                                                  bias=True, dropout=0.0), "iter_num": 10}, checkpoint)
+    report = convert_checkpoint("ortho_gpt2", checkpoint, tmp_path / "out")
+    assert report.max_abs_diff == {"transformers from_pretrained": 0.0}
+    assert {"README.md", "config.json", "model.safetensors"} <= set(report.files)
+    assert not [f for f in report.files if f.endswith((".bin", ".pt", ".pth"))]
+    x = torch.randint(0, 64, (2, 10))
+    with torch.no_grad():
+        assert torch.equal(AutoModelForCausalLM.from_pretrained(tmp_path / "out")(x).logits, source(x).logits)
+    with pytest.raises(ValueError, match="is not a gpt2-124m-hermite3 checkpoint"):
+        convert_checkpoint("gpt2-124m-hermite3", checkpoint, tmp_path / "out2")
+
+
 def test_convert_refuses_unknown_names_and_missing_files(tmp_path):
     checkpoint = tmp_path / "x.pth"
     torch.save({}, checkpoint)

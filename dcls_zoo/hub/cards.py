@@ -329,7 +329,7 @@ def card_data(name: str, model: Optional[nn.Module] = None, facts: Optional[Mode
     library = facts.library if facts else ("transformers" if _is_transformers(model) else "timm")
     task = facts.task if facts else ("text-generation" if library == "transformers" else "image-classification")
     tags = [library, task, "dcls-zoo"]
-    if facts is None or "dcls" in name or (model is not None and _dcls_summary(model)):
+    if "dcls" in name or (model is not None and _dcls_summary(model)):
         tags.append("dcls")
     tags += [t for t in (facts.tags if facts else ()) if t not in tags]
     kwargs: dict[str, Any] = dict(library_name=library, pipeline_tag=task, tags=tags, model_name=name)

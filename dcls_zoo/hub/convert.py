@@ -6,36 +6,50 @@ position re-tying), via `pretrained_cfg_overlay=dict(file=...)`. The loaded mode
 and loaded back twice, by timm (`local-dir:`) and by `load_folder` (strict); the logits of both on a fixed input
 must equal those of the original-layout load. The report says so, with the numbers.
 
-Transformers models (the GPT-2 variants) convert through the converter `dcls_zoo.lm` registers for their layout
-(`register_converter`); the same save / reload / compare steps follow.
+The GPT-2 variants (`ortho_gpt2`) convert from the authors' nanoGPT layout through `dcls_zoo.lm`'s converter; the
+same save / reload (`AutoModelForCausalLM.from_pretrained`) / compare steps follow.
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Union
 
 import torch
 import torch.nn as nn
 
 from .save import WEIGHTS_NAME, load_folder, save_folder
 
-__all__ = ["ConversionReport", "convert_checkpoint", "register_converter", "fixed_input"]
-
-_logger = logging.getLogger(__name__)
+__all__ = ["ConversionReport", "convert_checkpoint", "fixed_input"]
 
 PathLike = Union[str, Path]
-# name -> callable(checkpoint path, name) -> loaded transformers model (eval mode)
-_TRANSFORMERS_CONVERTERS: dict[str, Callable[[str, str], nn.Module]] = {}
+LM_MODEL_TYPE = "ortho_gpt2"
 
 
-def register_converter(name: str, load_original: Callable[[str, str], nn.Module]) -> None:
-    """Register how to load an original checkpoint for a (transformers) model name, e.g. from nanoGPT layout.
+def _load_original_lm(name: str, checkpoint: str) -> nn.Module:
+    """A nanoGPT-layout checkpoint -> `OrthoGPT2LMHeadModel`, through dcls_zoo.lm's converter.
 
-    `load_original(checkpoint_path, name)` returns the model with the checkpoint's weights.
+    `name` is a preset of `dcls_zoo.lm.ORTHO_GPT2_PRESETS` (the checkpoint must match it) or the model type
+    itself, `ortho_gpt2` (configuration read from the checkpoint).
     """
-    _TRANSFORMERS_CONVERTERS[name] = load_original
+    from dcls_zoo.lm import ORTHO_GPT2_PRESETS, load_nanogpt_checkpoint
+
+    model = load_nanogpt_checkpoint(checkpoint)
+    preset = ORTHO_GPT2_PRESETS.get(name, {})
+    differs = {k: (getattr(model.config, k), v) for k, v in preset.items() if getattr(model.config, k) != v}
+    if differs:
+        raise ValueError(f"{checkpoint} is not a {name} checkpoint: (checkpoint, preset) differ for {differs}")
+    return model
+
+
+def _is_lm_name(name: str) -> bool:
+    if name == LM_MODEL_TYPE:
+        return True
+    try:
+        from dcls_zoo.lm import ORTHO_GPT2_PRESETS
+    except ImportError:
+        return False
+    return name in ORTHO_GPT2_PRESETS
 
 
 @dataclass(frozen=True)
@@ -61,8 +75,7 @@ class ConversionReport:
         status = "verified" if self.verified else "NOT verified"
         return (
             f"{self.name}: {self.checkpoint} -> {self.folder} ({', '.join(self.files)})\n"
-            f"  {self.unique_parameters:,} unique parameters, {self.shared_tensors} tensors stored once for "
-            f"several names\n"
+            f"  {self.unique_parameters:,} unique parameters; shared tensors (stored once): {self.shared_tensors}\n"
             f"  {status}: max |logits(reloaded) - logits(original layout)| on a fixed input {self.input_shape}: "
             f"{diffs} (tolerance {self.tolerance:g})"
         )
@@ -109,7 +122,7 @@ def _convert_timm(name: str, checkpoint: str, folder: Path, batch_size: int) -> 
 def _convert_transformers(name: str, checkpoint: str, folder: Path, batch_size: int) -> tuple[nn.Module, dict, tuple]:
     from transformers import AutoModelForCausalLM
 
-    original = _TRANSFORMERS_CONVERTERS[name](checkpoint, name).eval()
+    original = _load_original_lm(name, checkpoint).eval()
     save_folder(original, folder, model_name=name)
     vocab = original.config.vocab_size
     shape = (batch_size, 16)
@@ -140,12 +153,12 @@ def convert_checkpoint(
     folder = Path(out_dir)
     if timm.is_model(name.partition(".")[0]):
         model, diffs, shape = _convert_timm(name, checkpoint, folder, batch_size)
-    elif name in _TRANSFORMERS_CONVERTERS:
+    elif _is_lm_name(name):
         model, diffs, shape = _convert_transformers(name, checkpoint, folder, batch_size)
     else:
         raise ValueError(
-            f"unknown model {name!r}: expected a registered timm name ('arch.tag') or one of the transformers "
-            f"converters {sorted(_TRANSFORMERS_CONVERTERS)} (did you `import dcls_zoo`?)"
+            f"unknown model {name!r}: expected a registered timm name ('arch.tag'), a dcls_zoo.lm preset or "
+            f"{LM_MODEL_TYPE!r} (did you `import dcls_zoo`?)"
         )
     report = ConversionReport(
         name=name, checkpoint=checkpoint, folder=folder,
