@@ -234,8 +234,8 @@ class LogMelFrontend(nn.Module):
 class SpecAugment(nn.Module):
     """Zero random time and frequency stripes of a (B, C, ...) spectrogram, in training only (Park et al. 2019).
 
-    For each clip, `time_stripes` stripes of width drawn uniformly from [0, time_width) start at a uniform position
-    that keeps them inside the clip (likewise along frequency); the same as torchlibrosa's `SpecAugmentation`
+    For each clip, `time_stripes` stripes of width w drawn uniformly from [0, time_width) start at a position drawn
+    uniformly from [0, size - w) (likewise along frequency); the same distribution as torchlibrosa's `SpecAugmentation`
     used by the AudioSet ConvNeXt (time 64 x 2, freq 28 x 2), but vectorised and not in place.
 
     Args:
@@ -260,11 +260,11 @@ class SpecAugment(nn.Module):
     def _keep_mask(self, x: torch.Tensor, dim: int, width: int, stripes: int) -> torch.Tensor:
         """(B, size) boolean mask, False inside the dropped stripes."""
         batch, size = x.shape[0], x.shape[dim]
-        if width > size:
-            raise ValueError(f"SpecAugment: stripe width {width} exceeds the size {size} of dim {dim}")
+        if width >= size:
+            raise ValueError(f"SpecAugment: stripe width {width} must be smaller than the size {size} of dim {dim}")
         widths = torch.randint(0, width, (batch, stripes, 1), device=x.device)
-        starts = (torch.rand(batch, stripes, 1, device=x.device) * (size - widths + 1)).floor().long()
-        starts = starts.clamp(max=size - 1)
+        # start uniform in [0, size - width), as torchlibrosa's randint(0, size - width)
+        starts = (torch.rand(batch, stripes, 1, device=x.device) * (size - widths)).floor().long()
         pos = torch.arange(size, device=x.device)
         dropped = ((pos >= starts) & (pos < starts + widths)).any(dim=1)
         return ~dropped

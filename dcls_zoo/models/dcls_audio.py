@@ -42,6 +42,7 @@ from timm.models import generate_default_cfgs, metaformer as timm_metaformer, re
 
 from ..data.audioset_labels import AUDIOSET_LABELS
 from ..layers import check_shared_copies_equal, clamp_dcls_parameters, dcls_position_parameter_names, dclsify
+from ..layers.replace import shared_parameter_groups
 from ..layers.audio import DCLS_AUDIO_FRONTEND, LogMelFrontend
 from ._builder import build_dcls_model
 
@@ -267,6 +268,17 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
     else:
         raise TypeError(f"checkpoint_filter_fn: unsupported model {type(model).__name__}")
     check_shared_copies_equal(state_dict, model)
+    return _fill_tied_aliases(state_dict, model)
+
+
+def _fill_tied_aliases(state_dict: dict, model: nn.Module) -> dict:
+    # A file that stores each shared position tensor once (safetensors refuses aliases) lacks the other names;
+    # give them the stored tensor so a strict load sees every key and the model's ties stay as built.
+    for names in shared_parameter_groups(model):
+        present = [n for n in names if n in state_dict]
+        if present:
+            for name in names:
+                state_dict.setdefault(name, state_dict[present[0]])
     return state_dict
 
 
@@ -308,10 +320,10 @@ default_cfgs = generate_default_cfgs({
         url=_ZENODO + "convnext_dcls_audio_tiny.pth", pool_size=(8, 7),
         notes=("AudioSet mAP 45.52 +- 0.05 reported", "container keys: model, model_ema", _INPUT_NOTE)),
     "convformer_audio_s18.as2m": _cfg(
-        url=_ZENODO + "convformer_audio_s18.pth", first_conv="stem.conv",
+        url=_ZENODO + "convformer_audio_s18.pth", first_conv="stem.conv", classifier="head.fc.fc2",
         notes=("AudioSet mAP 43.14 +- 0.03 reported", "container keys: model, model_ema", _INPUT_NOTE)),
     "dcls_convformer_audio_s18.as2m": _cfg(
-        url=_ZENODO + "convformer_dcls_audio_s18.pth", first_conv="stem.conv",
+        url=_ZENODO + "convformer_dcls_audio_s18.pth", first_conv="stem.conv", classifier="head.fc.fc2",
         notes=("AudioSet mAP 43.68 +- 0.02 reported", "container keys: model, model_ema", _INPUT_NOTE)),
     "fastvit_audio_sa24.as2m": _cfg(first_conv="stem", notes=(
         "AudioSet mAP 43.82 +- 0.05 reported; no baseline checkpoint published (README links the DCLS file)",
