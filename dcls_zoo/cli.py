@@ -146,6 +146,7 @@ def _run_tag(args: argparse.Namespace) -> int:
 # (name, add-arguments, run) — later sub-commands are appended here, one line each.
 COMMANDS: list[tuple[str, Callable, Callable]] = [
     ("models", _add_models, _run_models),
+    ("tag", _add_tag, _run_tag),
     ("convert", _add_convert, _run_convert),
     ("push", _add_push, _run_push),
     ("train", _add_train, _run_train),
