@@ -511,7 +511,7 @@ def _create_snn_delays(variant: str, pretrained: bool = False, **kwargs: Any) ->
     model = build_model_with_cfg(
         SnnDelays, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=(0, 1), feature_cls="getter"),
+        feature_cfg=dict(out_indices=kwargs.pop("out_indices", (0, 1)), feature_cls="getter", output_fmt="NLC"),
         **kwargs,
     )
     if pretrained:
