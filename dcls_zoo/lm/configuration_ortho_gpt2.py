@@ -31,7 +31,8 @@ class OrthoGPT2Config(GPT2Config):
         MLP activation: `"hermite"`, `"fourier"`, `"tropical"`, `"tropical_rational"` (learnable, one coefficient
         set per block) or `"gelu"` (GPT-2's own `activation_function`, for baselines).
     activation_degree (`int`, *optional*):
-        Degree of the learnable activation; defaults to 3 (hermite), 5 (fourier, tropical), 6 (tropical_rational).
+        Degree of the learnable activation; if unset, the model fills in 3 (hermite), 5 (fourier, tropical) or
+        6 (tropical_rational) when it is built.
     activation_scheme (`str`, *optional*, defaults to `"default"`):
         `"default"`: torchortho 0.1.2's normalisation and variance-preserving init; `"legacy"`: 0.1.0/0.1.1's.
     """
@@ -47,15 +48,20 @@ class OrthoGPT2Config(GPT2Config):
         if self.activation not in ACTIVATION_DEFAULT_DEGREES:
             raise ValueError(f"activation must be one of {sorted(ACTIVATION_DEFAULT_DEGREES)}, "
                              f"got {self.activation!r}")
-        if self.activation_degree is None:
-            self.activation_degree = ACTIVATION_DEFAULT_DEGREES[self.activation]
-        if self.activation != "gelu" and (isinstance(self.activation_degree, bool)
-                                          or not isinstance(self.activation_degree, int)
-                                          or self.activation_degree < 1):
+        # None means the activation's default degree, resolved when a model is built (so that
+        # `from_pretrained(gpt2_folder, activation="fourier")` gets Fourier's default, not Hermite's)
+        if self.activation_degree is not None and (isinstance(self.activation_degree, bool)
+                                                   or not isinstance(self.activation_degree, int)
+                                                   or self.activation_degree < 1):
             raise ValueError(f"activation_degree must be an integer >= 1, got {self.activation_degree!r}")
         if self.activation_scheme not in ACTIVATION_SCHEMES:
             raise ValueError(f"activation_scheme must be one of {ACTIVATION_SCHEMES}, got {self.activation_scheme!r}")
         super().__post_init__(**kwargs)
+
+    def resolved_activation_degree(self) -> int | None:
+        if self.activation_degree is None:
+            return ACTIVATION_DEFAULT_DEGREES[self.activation]
+        return self.activation_degree
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "OrthoGPT2Config":

@@ -21,7 +21,9 @@ from .modeling_ortho_gpt2 import OrthoGPT2LMHeadModel
 __all__ = ["convert_nanogpt_state_dict", "load_nanogpt_checkpoint"]
 
 _TRANSPOSED = re.compile(r"\.(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.weight$")
-_ACT_BUFFERS = ("coeffs", "grid", "normalization_term", "powers")
+# torchortho's constant buffers per activation (Fourier's `grid` is a parameter: its frequencies)
+_ACT_BUFFERS = {"hermite": ("coeffs", "grid", "normalization_term"), "fourier": ("normalization_term",),
+                "tropical": ("powers",), "tropical_rational": (), "gelu": ()}
 
 
 def _strip_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -72,7 +74,10 @@ def convert_nanogpt_state_dict(
         raise ValueError("n_head cannot be read from the weights; pass n_head= or the checkpoint's model_args")
     vocab_size, n_embd = state_dict["transformer.wte.weight"].shape
     n_layer = 1 + max(int(m.group(1)) for k in state_dict if (m := re.match(r"transformer\.h\.(\d+)\.", k)))
-    activation, degree, scheme = _detect_activation(state_dict)
+    if "activation" in config_overrides:
+        activation, degree, scheme = config_overrides["activation"], None, None
+    else:
+        activation, degree, scheme = _detect_activation(state_dict)
     dropout = float(model_args.get("dropout", 0.0))
     lm_head = state_dict.get("lm_head.weight")
     tied = lm_head is None or lm_head.data_ptr() == state_dict["transformer.wte.weight"].data_ptr() or torch.equal(
@@ -91,7 +96,7 @@ def convert_nanogpt_state_dict(
     for key, value in state_dict.items():
         if key.endswith(".attn.bias") and value.ndim == 4:
             continue  # nanoGPT's causal mask (non-flash path)
-        if ".mlp.act." in key and key.rsplit(".", 1)[1] in _ACT_BUFFERS:
+        if ".mlp.act." in key and key.rsplit(".", 1)[1] in _ACT_BUFFERS[config.activation]:
             continue  # torchortho's constant buffers; the scheme they encode is in the config
         if key == "lm_head.weight" and tied:
             continue

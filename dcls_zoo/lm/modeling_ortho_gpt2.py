@@ -73,6 +73,7 @@ class OrthoGPT2PreTrainedModel(GPT2PreTrainedModel):
 def _swap_activations(config: OrthoGPT2Config, model: GPT2Model) -> None:
     if config.activation == "gelu":
         return  # GPT-2's own config.activation_function
+    config.activation_degree = config.resolved_activation_degree()  # saved explicitly from now on
     for block in model.h:
         block.mlp.act = create_activation(config.activation, config.activation_degree,
                                           scheme=config.activation_scheme)
