@@ -16,7 +16,7 @@ are (numerically identical) or can be frozen beforehand with `Dcls2d.to_conv()`.
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Dict
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -89,7 +89,7 @@ class DclsFastVit(FastVit):
         clamp_dcls_parameters(self)
 
 
-def checkpoint_filter_fn(state_dict: Dict[str, Any], model: DclsFastVit) -> Dict[str, torch.Tensor]:
+def checkpoint_filter_fn(state_dict: dict[str, Any], model: DclsFastVit) -> dict[str, torch.Tensor]:
     """Apple ml-fastvit layout (or timm layout), optionally inside a train.py container -> this model's keys.
 
     Key renames are timm's own FastViT filter (`network.i.B.convffn.conv.conv.*` -> `stages.s.blocks.B.mlp.conv
@@ -117,7 +117,7 @@ def _create_dcls_fastvit(variant: str, pretrained: bool = False, **kwargs: Any) 
     )
 
 
-def _cfg(url: str = "", **kwargs: Any) -> Dict[str, Any]:
+def _cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:
     return {
         "url": url,
         "num_classes": 1000, "input_size": (3, 256, 256), "pool_size": (8, 8),

@@ -16,7 +16,7 @@ Two details make the authors' checkpoints reproduce their logits:
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any
 
 import torch
 from timm.models import generate_default_cfgs, register_model
@@ -65,7 +65,7 @@ class DclsMetaFormer(MetaFormer):
     def reset_classifier(
         self,
         num_classes: int,
-        global_pool: Optional[str] = None,
+        global_pool: str | None = None,
         reset_other: bool = False,
         device=None,
         dtype=None,
@@ -74,7 +74,7 @@ class DclsMetaFormer(MetaFormer):
         self._set_head_norm_eps()
 
     @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         return dict(
             stem=r"^stem",
             blocks=r"^stages\.(\d+)" if coarse else [
@@ -93,7 +93,7 @@ class DclsMetaFormer(MetaFormer):
         clamp_dcls_parameters(self)
 
 
-def checkpoint_filter_fn(state_dict: Dict[str, Any], model: DclsMetaFormer) -> Dict[str, torch.Tensor]:
+def checkpoint_filter_fn(state_dict: dict[str, Any], model: DclsMetaFormer) -> dict[str, torch.Tensor]:
     """sail-sg MetaFormer layout (or timm layout), optionally inside a train.py container -> this model's keys.
 
     Key renames are timm's own MetaFormer filter; DCLS keys (`token_mixer.dwconv.{weight,P}`) pass through it.
@@ -129,7 +129,7 @@ def _create_dcls_metaformer(variant: str, pretrained: bool = False, **kwargs: An
     )
 
 
-def _cfg(url: str = "", **kwargs: Any) -> Dict[str, Any]:
+def _cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:
     return {
         "url": url,
         "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7),

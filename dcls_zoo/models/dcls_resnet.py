@@ -11,7 +11,7 @@ one `P` Parameter. The checkpoint is in timm's own key layout.
 """
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -67,7 +67,7 @@ class DclsResNet(ResNet):
         clamp_dcls_parameters(self)
 
 
-def checkpoint_filter_fn(state_dict: Dict[str, Any], model: DclsResNet) -> Dict[str, torch.Tensor]:
+def checkpoint_filter_fn(state_dict: dict[str, Any], model: DclsResNet) -> dict[str, torch.Tensor]:
     """timm-layout checkpoint, optionally inside a train.py container -> this model's keys.
 
     A stage's shared positions may be stored under every layer (the originals) or once (`dcls_zoo.hub`); differing
@@ -85,7 +85,7 @@ def _create_dcls_resnet(variant: str, pretrained: bool = False, **kwargs: Any) -
     return build_dcls_model(DclsResNet, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
 
 
-def _cfg(url: str = "", **kwargs: Any) -> Dict[str, Any]:
+def _cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:
     return {
         "url": url,
         "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7),
