@@ -152,8 +152,8 @@ def test_save_load_generate_round_trip(tmp_path):
     assert type(loaded) is OrthoGPT2LMHeadModel
     ids = _ids()
     torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=0, atol=0)
-    torch.testing.assert_close(loaded.transformer.h[1].mlp.act.coefficients, model.transformer.h[1].mlp.act.coefficients,
-                               rtol=0, atol=0)
+    loaded_act, act = loaded.transformer.h[1].mlp.act, model.transformer.h[1].mlp.act
+    torch.testing.assert_close(loaded_act.coefficients, act.coefficients, rtol=0, atol=0)
     assert loaded.lm_head.weight is loaded.transformer.wte.weight
     generated = loaded.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=5, do_sample=False,
                                 pad_token_id=0)

@@ -5,10 +5,10 @@ GenerationTesterMixin is not shipped there, so generation is covered by tests/te
 """
 import sys
 import unittest
+import warnings
 
 import pytest
 import torch
-
 from third_party_fetch import FetchError, fetch_transformers_tests
 
 try:
@@ -16,16 +16,14 @@ try:
 except FetchError as error:
     pytest.skip(f"transformers sdist unavailable: {error}", allow_module_level=True)
 
-import warnings  # noqa: E402
-
-from transformers.models.auto import modeling_auto  # noqa: E402
+from transformers.models.auto import modeling_auto
 
 with warnings.catch_warnings():  # transformers' own pytest marks (flash_attn_test, ...) are not registered here
     warnings.simplefilter("ignore", pytest.PytestUnknownMarkWarning)
     from transformers_tests.test_configuration_common import ConfigTester
     from transformers_tests.test_modeling_common import ModelTesterMixin, ids_tensor, random_attention_mask
 
-from dcls_zoo.lm import (  # noqa: E402
+from dcls_zoo.lm import (
     OrthoGPT2Config,
     OrthoGPT2ForSequenceClassification,
     OrthoGPT2LMHeadModel,

@@ -34,7 +34,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from typing import Callable, Optional, Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -60,7 +60,7 @@ _LEGACY_BIAS = 0.66549
 _LEGACY_GAIN = math.sqrt(6.0) / math.pi
 
 
-def reference_scheme(buffers: dict) -> Optional[str]:
+def reference_scheme(buffers: dict) -> str | None:
     """Which torchortho scheme a module's reference buffers reveal ('default' = 0.1.2, 'legacy'), or None.
 
     Hermite's ``coeffs[2, 0]`` is ``1/2!`` in 0.1.2 and ``sqrt(2!)/2!`` before; Fourier's ``normalization_term``
@@ -148,7 +148,7 @@ class _PolynomialFunction(torch.autograd.Function):
     """y = p(u), u = x or lim * tanh(x / 2) (learnable clamp); saves x and the coefficients only."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, monomial: torch.Tensor, lim: Optional[torch.Tensor]):
+    def forward(ctx, x: torch.Tensor, monomial: torch.Tensor, lim: torch.Tensor | None):
         ctx.save_for_backward(x, monomial, lim)
         coefficients = list(monomial.to(x.dtype).unbind(0))
         u = x if lim is None else torch.tanh(x * 0.5).mul_(lim.to(x.dtype))
@@ -217,7 +217,7 @@ class _OrthoActivation(nn.Module):
         if clamp is not None and not clamp.lim_val.is_meta:
             clamp.lim_val.fill_(clamp.init_lim)
 
-    def _fit_terms(self, x: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def _fit_terms(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Differentiable (value, derivative or None) on a small fitting grid; used only by ``fit_activation``."""
         raise NotImplementedError
 
@@ -251,10 +251,10 @@ class HermiteActivation(_OrthoActivation):
             self,
             degree: int = 3,
             clamp: bool = False,
-            act_init: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+            act_init: Callable[[torch.Tensor], torch.Tensor] | None = None,
             requires_grad: bool = True,
             scheme: str = "default",
-            fit_cache_dir: Optional[str] = None,
+            fit_cache_dir: str | None = None,
             device=None,
             dtype=None,
     ):
@@ -410,10 +410,10 @@ class FourierActivation(_OrthoActivation):
     def __init__(
             self,
             degree: int = 5,
-            act_init: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+            act_init: Callable[[torch.Tensor], torch.Tensor] | None = None,
             requires_grad: bool = True,
             scheme: str = "default",
-            fit_cache_dir: Optional[str] = None,
+            fit_cache_dir: str | None = None,
             device=None,
             dtype=None,
     ):
@@ -589,10 +589,10 @@ class TropicalActivation(_OrthoActivation):
     def __init__(
             self,
             degree: int = 5,
-            act_init: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+            act_init: Callable[[torch.Tensor], torch.Tensor] | None = None,
             requires_grad: bool = True,
             scheme: str = "default",
-            fit_cache_dir: Optional[str] = None,
+            fit_cache_dir: str | None = None,
             device=None,
             dtype=None,
     ):
@@ -638,7 +638,8 @@ class TropicalActivation(_OrthoActivation):
 
     def _check_reference_buffer(self, name, value):
         if value.numel() != self.degree + 1:
-            raise ValueError(f"checkpoint 'powers' has {value.numel()} entries, expected degree + 1 = {self.degree + 1}")
+            raise ValueError(f"checkpoint 'powers' has {value.numel()} entries, "
+                             f"expected degree + 1 = {self.degree + 1}")
 
     def extra_repr(self) -> str:
         return f"degree={self.degree}, scheme={self.scheme!r}"
@@ -654,10 +655,10 @@ class TropicalRationalActivation(_OrthoActivation):
     def __init__(
             self,
             degree: int = 6,
-            act_init: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+            act_init: Callable[[torch.Tensor], torch.Tensor] | None = None,
             requires_grad: bool = True,
             scheme: str = "default",
-            fit_cache_dir: Optional[str] = None,
+            fit_cache_dir: str | None = None,
             device=None,
             dtype=None,
     ):
@@ -731,11 +732,11 @@ def fit_activation(
         module: nn.Module,
         target: Callable[[torch.Tensor], torch.Tensor],
         *,
-        half_width: Optional[float] = None,
-        num_points: Optional[int] = None,
-        steps: Optional[int] = None,
-        lr: Optional[float] = None,
-        cache_dir: Optional[str] = None,
+        half_width: float | None = None,
+        num_points: int | None = None,
+        steps: int | None = None,
+        lr: float | None = None,
+        cache_dir: str | None = None,
 ) -> float:
     """Fit ``module``'s coefficients in place to ``target`` (value and derivative); returns the final loss.
 
@@ -873,7 +874,7 @@ ACTIVATION_CLASSES = {
 DEFAULT_DEGREES = {"hermite": 3, "fourier": 5, "tropical": 5, "tropical_rational": 6}
 
 
-def create_activation(name: str, degree: Optional[int] = None, **kwargs) -> nn.Module:
+def create_activation(name: str, degree: int | None = None, **kwargs) -> nn.Module:
     """Build an activation by name (``hermite``, ``fourier``, ``tropical``, ``tropical_rational``)."""
     if name not in ACTIVATION_CLASSES:
         raise ValueError(f"unknown learnable activation {name!r}; expected one of {sorted(ACTIVATION_CLASSES)}")

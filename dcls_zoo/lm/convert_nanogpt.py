@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 import torch
 
@@ -36,7 +36,7 @@ def _strip_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     return out
 
 
-def _detect_activation(state_dict: dict[str, torch.Tensor]) -> tuple[str, Optional[int], Optional[str]]:
+def _detect_activation(state_dict: dict[str, torch.Tensor]) -> tuple[str, int | None, str | None]:
     act = {k.split(".mlp.act.", 1)[1]: v for k, v in state_dict.items() if k.startswith("transformer.h.0.mlp.act.")}
     if not act:
         return "gelu", None, None
@@ -56,8 +56,8 @@ def _detect_activation(state_dict: dict[str, torch.Tensor]) -> tuple[str, Option
 def convert_nanogpt_state_dict(
         state_dict: dict[str, torch.Tensor],
         *,
-        n_head: Optional[int] = None,
-        model_args: Optional[dict[str, Any]] = None,
+        n_head: int | None = None,
+        model_args: dict[str, Any] | None = None,
         **config_overrides: Any,
 ) -> tuple[OrthoGPT2Config, dict[str, torch.Tensor]]:
     """nanoGPT `GPT` state dict → (`OrthoGPT2Config`, state dict for `OrthoGPT2LMHeadModel`).

@@ -14,7 +14,6 @@ import inspect
 import os
 import shutil
 
-import torch
 from torch import nn
 from transformers import initialization as init
 from transformers.models.gpt2.modeling_gpt2 import (
