@@ -92,7 +92,7 @@ def _convnext_dcls(size: str, letter: str, count: int, top1: float) -> ModelFact
         paper=_DCLS_PAPER, arxiv=_DCLS_ARXIV, original_repo=_CONVNEXT_DCLS_REPO,
         checkpoint_url=f"{_CONVNEXT_DCLS_ZENODO}convnext_dcls_{size}_1k_224_ema.pth",
         license="mit", license_note=_MIT_CONVNEXT_DCLS, **_IN1K, metric_value=top1,
-        metric_note="top-1 (%) on the ImageNet-1k validation set at 224x224, EMA weights, as reported in the "
+        metric_note="Top-1 (%) on the ImageNet-1k validation set at 224x224, EMA weights, as reported in the "
                     "original README",
     )
 
@@ -154,7 +154,7 @@ FACTS: tuple[ModelFacts, ...] = (
         metric_note="no top-1 number for this checkpoint was found in public sources", extra_arxiv=(_DCLS_ARXIV,),
     ),
     ModelFacts(
-        name="dcls_audio_convnext_tiny.gauss_as2m",
+        name="dcls_convnext_audio_tiny.as2m",
         title="ConvNeXt-T with Gaussian DCLS (23x23 grid, 26 elements), AudioSet-2M",
         paper=_AUDIO_PAPER, arxiv="2309.13972", original_repo=_AUDIO_REPO,
         checkpoint_url=f"{_AUDIO_ZENODO}convnext_dcls_audio_tiny.pth",
@@ -164,7 +164,7 @@ FACTS: tuple[ModelFacts, ...] = (
         base_model=hub_id("dcls_gauss_convnext_tiny.gauss_in1k"),
     ),
     ModelFacts(
-        name="dcls_audio_convformer_s18.gauss_as2m",
+        name="dcls_convformer_audio_s18.as2m",
         title="ConvFormer-S18 with Gaussian DCLS (23x23 grid, 26 elements), AudioSet-2M",
         paper=_AUDIO_PAPER, arxiv="2309.13972", original_repo=_AUDIO_REPO,
         checkpoint_url=f"{_AUDIO_ZENODO}convformer_dcls_audio_s18.pth",
@@ -173,7 +173,7 @@ FACTS: tuple[ModelFacts, ...] = (
                     "README (43.68 +- 0.02)",
     ),
     ModelFacts(
-        name="dcls_audio_fastvit_sa24.gauss_as2m",
+        name="dcls_fastvit_audio_sa24.as2m",
         title="FastViT-SA24 with Gaussian DCLS (23x23 grid, 26 elements), AudioSet-2M",
         paper=_AUDIO_PAPER, arxiv="2309.13972", original_repo=_AUDIO_REPO,
         checkpoint_url=f"{_AUDIO_ZENODO}fastvit_dcls_audio_sa24.pth",
@@ -182,7 +182,7 @@ FACTS: tuple[ModelFacts, ...] = (
                     "README (44.40 +- 0.07)",
     ),
     ModelFacts(
-        name="audio_convformer_s18.as2m",
+        name="convformer_audio_s18.as2m",
         title="ConvFormer-S18 baseline (7x7 depthwise convolutions), AudioSet-2M",
         paper=_AUDIO_PAPER, arxiv="2309.13972", original_repo=_AUDIO_REPO,
         checkpoint_url=f"{_AUDIO_ZENODO}convformer_audio_s18.pth",
@@ -276,7 +276,9 @@ model = AutoModelForSequenceClassification.from_pretrained("{repo_id}", num_labe
 ```
 '''
     if task == "audio-classification":
-        example = "x = torch.randn(1, *model.pretrained_cfg['input_size'])  # (1, 128 mel bins, frames)"
+        example = ("# x: (batch, 1, 128 mel bins, 1001 frames) normalised log-mels as in the original pipeline\n"
+                   "# (or pass waveform_input=True to create_model and feed 32 kHz mono waveforms, (batch, samples))\n"
+                   "x = torch.randn(1, *model.pretrained_cfg['input_size'])")
     else:
         example = ("data_config = timm.data.resolve_model_data_config(model)\n"
                    "transform = timm.data.create_transform(**data_config, is_training=False)\n"
@@ -412,7 +414,7 @@ def model_card(name: str, model: Optional[nn.Module] = None, org: str = HUB_ORG)
         if facts.metric_value is not None:
             lines += [f"| data set | metric | value |", "|---|---|---|",
                       f"| {facts.dataset_name} | {facts.metric} | {facts.metric_value} |", "",
-                      f"{facts.metric_note[0].upper()}{facts.metric_note[1:]}; not re-measured by dcls-zoo."]
+                      f"{facts.metric_note}; not re-measured by dcls-zoo."]
         else:
             lines += [f"None: {facts.metric_note}."]
     lines += ["", _library_usage(facts, name, repo_id, library, task).rstrip(), ""]
