@@ -115,7 +115,7 @@ def test_finetune_pretrained_folder_replaces_head_explicitly(tmp_path, image_fol
     src = source.state_dict()
     for name, value in model.state_dict().items():
         if not name.startswith("head.fc"):
-            assert torch.equal(value, src[name]), name
+            assert torch.equal(value.cpu(), src[name]), name
 
 
 def test_missing_column_lists_the_columns(tmp_path, image_folder):
@@ -200,3 +200,26 @@ def test_presets_and_command_line_round_trip():
     assert (gpt2.lr, gpt2.betas, gpt2.weight_decay, gpt2.clip_grad) == (6e-4, (0.9, 0.95), 0.1, 1.0)
     with pytest.raises(ValueError, match="unknown preset"):
         config_from_preset("nope")
+
+
+def test_run_training_writes_a_hub_ready_folder_that_reloads(tmp_path, image_folder):
+    """The main job's pipeline on the tiny DCLS model: train, save, reload via timm local-dir, same metric."""
+    from dcls_zoo.train.run import run_training
+
+    cfg = tiny_image_config(tmp_path, image_folder, epochs=1, hub_model_id="tiny-dcls-test")
+    results = run_training(cfg)
+    out = cfg.output_dir
+    for name in ("model.safetensors", "config.json", "README.md", "training_curves.png", "all_results.json",
+                 "eval_results.json", "train_results.json"):
+        assert os.path.isfile(os.path.join(out, name)), name
+    all_results = json.load(open(os.path.join(out, "all_results.json")))
+    assert all_results["eval_accuracy"] == results["eval"]["eval_accuracy"]
+    # the folder reloads through timm's public path and evaluates to the same accuracy and loss
+    assert all_results["reload_eval_accuracy"] == all_results["eval_accuracy"]
+    assert all_results["reload_eval_loss"] == pytest.approx(all_results["eval_loss"], abs=1e-6)
+    config = json.load(open(os.path.join(out, "config.json")))
+    assert config["architecture"] == "dcls_convnext_atto" and config["model_args"]["dims"] == [8, 8, 16, 16]
+    card = open(os.path.join(out, "README.md")).read()
+    assert "library_name: timm" in card and "model-index" in card
+    assert f"{all_results['eval_accuracy']:.4f}" in card
+    assert "dcls-zoo train --preset none --model-kwargs '{\"dims\": [8, 8, 16, 16]" in card

@@ -200,7 +200,8 @@ def _flag(name: str) -> str:
 def command_line(cfg: TrainConfig, preset: str | None = None) -> str:
     """The `dcls-zoo train` command that rebuilds `cfg`: the preset plus every field that differs from it."""
     base = config_from_preset(preset) if preset is not None else TrainConfig()
-    parts = ["dcls-zoo", "train"] + (["--preset", preset] if preset is not None else [])
+    # "--preset none" keeps the CLI from applying its default preset (digits) to a preset-less config
+    parts = ["dcls-zoo", "train", "--preset", preset if preset is not None else "none"]
     for f in dataclasses.fields(TrainConfig):
         value, default = getattr(cfg, f.name), getattr(base, f.name)
         if f.name in ("resume", "progress") or value == default or (

@@ -86,5 +86,9 @@ def create_scheduler(optimizer, cfg: TrainConfig, steps_per_epoch: int, total_st
         optimizer, sched=cfg.sched, num_epochs=max(1, total_steps),
         warmup_epochs=int(round(cfg.warmup_epochs * steps_per_epoch)), warmup_lr=cfg.warmup_lr, min_lr=cfg.min_lr,
         step_on_epochs=False, updates_per_epoch=1)
+    if scheduler is None:  # timm versions without a 'constant' scheduler return None: apply lr_scale once here
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.lr * group.get("lr_scale", 1.0)
+        return None
     scheduler.step_update(0)
     return scheduler
