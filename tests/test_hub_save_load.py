@@ -11,6 +11,7 @@ import timm
 import torch
 from safetensors import safe_open
 
+from dcls_zoo.cli import main as cli_main
 from dcls_zoo.hub import convert_checkpoint, load_folder, load_state_dict_file, load_weights, save_folder
 from dcls_zoo.hub.save import SHARED_METADATA_KEY
 from dcls_zoo.layers import Dcls2d
@@ -199,7 +200,7 @@ def _to_original_layout(timm_state_dict):
     return out
 
 
-def test_convert_original_layout_checkpoint_verifies_logits(tmp_path):
+def test_convert_original_layout_checkpoint_verifies_logits(tmp_path, capsys):
     source = _model(seed=5)
     original = _to_original_layout(source.state_dict())
     assert "stages.0.1.dwconv.P" in original and "downsample_layers.0.0.weight" in original
@@ -216,6 +217,27 @@ def test_convert_original_layout_checkpoint_verifies_logits(tmp_path):
     x = torch.randn(IMG)
     with torch.no_grad():
         assert torch.equal(converted(x), source(x))
+    # the same through the command line, which says what it checked
+    assert cli_main(["convert", ARCH, str(checkpoint), str(tmp_path / "cli_out")]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"verified: max \|logits\(reloaded\) - logits\(original layout\)\| on a fixed input "
+                     r"\(2, 3, 224, 224\): timm local-dir: 0, dcls_zoo load_folder: 0", out), out
+    assert cli_main(["convert", "no_such_model.x", str(checkpoint), str(tmp_path / "bad")]) == 1
+    assert "unknown model 'no_such_model.x'" in capsys.readouterr().err
+
+
+def test_convert_timm_train_container_with_ema_weights(tmp_path):
+    # timm train.py layout (DCLS ConvFormer's Zenodo files): EMA weights under 'state_dict_ema', argparse args
+    source = _model("dcls_convformer_s18", seed=7)
+    checkpoint = tmp_path / "convformer_s18_v1_17lim_40el_seed0.pth.tar"
+    ema = {k: v.clone() for k, v in source.state_dict().items()}
+    torch.save({"state_dict": {k: torch.zeros_like(v) for k, v in ema.items()}, "state_dict_ema": ema,
+                "epoch": 299, "args": argparse.Namespace(model="convformer_s18")}, checkpoint)
+    report = convert_checkpoint("dcls_convformer_s18.bilinear_in1k", checkpoint, tmp_path / "out", batch_size=1)
+    assert all(d == 0.0 for d in report.max_abs_diff.values()) and report.input_shape == (1, 3, 224, 224)
+    with torch.no_grad():
+        x = torch.randn(1, 3, 64, 64)
+        assert torch.equal(load_folder(tmp_path / "out").eval()(x), source(x))
 
 
 def test_convert_nanogpt_layout_checkpoint_to_a_transformers_folder(tmp_path):
