@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 
 from dcls_zoo.cli import main as cli_main
 from dcls_zoo.hub import check_folder, push_folder, save_folder
+from dcls_zoo.hub.push import publish_all
 from hub_server import HubServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -234,6 +235,21 @@ def test_a_config_of_an_unknown_architecture_is_refused(good_folder, tmp_path):
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match=r"model_type 'no_such_gpt' is not registered"):
         push_folder(folder, f"{ORG}/x", dry_run=True)
+
+
+def test_publish_all_checks_every_folder_first_and_skips_unpublished_ones(good_folder, tmp_path, hub):
+    root = tmp_path / "converted"
+    shutil.copytree(good_folder, root / "dcls_convnext_atto.a")
+    shutil.copytree(good_folder, root / "dcls_convnext_atto.b")
+    (root / "not_published.x").mkdir()
+    plans, skipped = publish_all(root, org="acme", dry_run=True,
+                                 published={"dcls_convnext_atto.a", "dcls_convnext_atto.b"})
+    assert [p.repo_id for p in plans] == ["acme/dcls_convnext_atto.a", "acme/dcls_convnext_atto.b"]
+    assert skipped == ["not_published.x"]
+    torch.save({}, root / "dcls_convnext_atto.b" / "optimizer.pt")
+    with _pointed_at(hub, tmp_path / "cache"), pytest.raises(ValueError, match=r"pickled files \(optimizer\.pt\)"):
+        publish_all(root, org="acme", published={"dcls_convnext_atto.a", "dcls_convnext_atto.b"})
+    assert "acme/dcls_convnext_atto.a" not in hub.repos     # nothing was sent before the bad folder was found
 
 
 def test_a_bad_repo_id_is_refused(good_folder):

@@ -15,11 +15,11 @@ import logging
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import Iterable, Optional, Union
 
 from .save import CARD_NAME, CONFIG_NAME, folder_architecture
 
-__all__ = ["PICKLE_SUFFIXES", "PushPlan", "check_folder", "push_folder", "check_can_push"]
+__all__ = ["PICKLE_SUFFIXES", "PushPlan", "check_folder", "push_folder", "check_can_push", "publish_all"]
 
 _logger = logging.getLogger(__name__)
 
@@ -176,3 +176,34 @@ def push_folder(
     )
     _logger.info("pushed %d files to %s", len(files), repo_id)
     return plan
+
+
+def publish_all(
+    root: PathLike,
+    *,
+    org: Optional[str] = None,
+    dry_run: bool = False,
+    published: Optional[Iterable[str]] = None,
+    token: Optional[str] = None,
+) -> tuple[list[PushPlan], list[str]]:
+    """Push every converted folder under `root` (one per model, named `<architecture>.<tag>`) to `<org>/<name>`.
+
+    Folders of models that are not published (no facts row, or `published` given and not in it) are skipped.
+    Every folder is checked before the first upload, so a bad folder stops the run before anything is sent.
+    Returns (plans, skipped folder names).
+    """
+    from .cards import HUB_ORG, hub_id, published_models
+
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"{root} is not a folder")
+    names = set(published) if published is not None else {f.name for f in published_models()}
+    folders = sorted(p for p in root.iterdir() if p.is_dir())
+    selected = [f for f in folders if f.name in names]
+    skipped = [f.name for f in folders if f.name not in names]
+    if not selected:
+        raise ValueError(f"no folder under {root} is named after a published model")
+    for folder in selected:
+        check_folder(folder)
+    plans = [push_folder(f, hub_id(f.name, org or HUB_ORG), dry_run=dry_run, token=token) for f in selected]
+    return plans, skipped
