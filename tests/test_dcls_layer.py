@@ -219,3 +219,27 @@ def test_wrong_input_rank_raises():
         layer(torch.randn(2, 3, 4, 4, 4))
     with pytest.raises(ValueError, match="3 input channels"):
         layer(torch.randn(2, 5, 8, 8))
+
+
+def test_dclsify_refuses_an_impossible_tie_plan_and_leaves_the_model_unchanged():
+    from dcls_zoo.layers import dclsify
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(8, 8, 3, groups=8), torch.nn.Conv2d(4, 4, 3, groups=4))
+    with pytest.raises(ValueError, match="cannot share positions"):
+        dclsify(model, version="v1", dilated_kernel_size=7, kernel_count=3)
+    assert all(type(m) is torch.nn.Conv2d for m in model)
+    dclsify(model, version="v1", dilated_kernel_size=7, kernel_count=3, stage_key=lambda name, conv: name)
+    assert all(isinstance(m, Dcls2d) for m in model)
+
+
+def test_timm_reparameterize_model_freezes_dcls_layers():
+    from timm.models import reparameterize_model
+
+    model = torch.nn.Sequential(Dcls2d(4, 4, 3, dilated_kernel_size=7, padding=3, groups=4, version="gauss"),
+                                torch.nn.GELU()).eval()
+    x = torch.randn(1, 4, 9, 9)
+    with torch.no_grad():
+        expected = model(x)
+        frozen = reparameterize_model(model)
+        assert type(frozen[0]) is torch.nn.Conv2d
+        torch.testing.assert_close(frozen(x), expected, rtol=1e-6, atol=1e-7)

@@ -312,6 +312,11 @@ class DclsNd(nn.Module):
             conv.bias.copy_(self.bias)
         return conv
 
+    def fuse(self) -> nn.Module:
+        """`to_conv()` under the name timm's `reparameterize_model` looks for, so reparameterising a model also
+        freezes its DCLS layers."""
+        return self.to_conv()
+
     def extra_repr(self) -> str:
         s = (f"{self.in_channels}, {self.out_channels}, kernel_count={self.kernel_count}, "
              f"dilated_kernel_size={self.dilated_kernel_size}, stride={self.stride}, version={self.version}")

@@ -134,6 +134,17 @@ def dclsify(
     ]
     if not targets:
         raise ValueError("dclsify: no convolution matched conv_filter; nothing to replace")
+    if tie_positions:
+        # Check the tie plan before touching the model, so a failure leaves it unchanged.
+        groups = _groups_from_key(targets, stage_key) if stage_key else default_stage_groups(targets)
+        convs = dict(targets)
+        for group in groups:
+            shapes = {(convs[n].out_channels, convs[n].in_channels // convs[n].groups) for n in group}
+            if len(shapes) > 1:
+                raise ValueError(
+                    f"dclsify: cannot share positions between {group} (their (out, in/groups) shapes differ: "
+                    f"{sorted(shapes)}); pass stage_key= to group layers differently, or tie_positions=False"
+                )
     for name, conv in targets:
         layer = Dcls2d(
             conv.in_channels, conv.out_channels, kernel_count=kernel_count, stride=conv.stride,
@@ -147,7 +158,7 @@ def dclsify(
                 layer.bias.zero_()
         _set_submodule(model, name, layer)
     if tie_positions:
-        tie_dcls_positions(model, stage_key=stage_key, check_equal=False)
+        tie_dcls_positions(model, groups=groups, check_equal=False)
     return model
 
 
