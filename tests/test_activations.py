@@ -1,4 +1,5 @@
 """Learnable Hermite / Fourier / tropical activations: parity with torchortho 0.1.2, gradients, moments, dtype."""
+import copy
 import math
 import os
 
@@ -40,17 +41,28 @@ def _inputs(n=4096, seed=0):
     return torch.where(x.abs() < 1e-3, torch.full_like(x, 1e-3), x), torch.randn(n, generator=g)
 
 
+def _run(module, x, upstream):
+    x = x.clone().requires_grad_()
+    y = module(x)
+    y.backward(upstream.to(y.dtype))
+    return y.detach(), x.grad, {name: p.grad for name, p in module.named_parameters()}
+
+
 def _compare(ref, ours, x, upstream):
-    x_ref, x_ours = x.clone().requires_grad_(), x.clone().requires_grad_()
-    y_ref, y_ours = ref(x_ref), ours(x_ours)
-    y_ref.backward(upstream)
-    y_ours.backward(upstream)
-    assert _rel(y_ours.detach(), y_ref.detach()) <= 1e-5
-    assert _rel(x_ours.grad, x_ref.grad) <= 1e-5
-    ref_params, our_params = dict(ref.named_parameters()), dict(ours.named_parameters())
-    assert sorted(ref_params) == sorted(our_params)
-    for name, p in ref_params.items():
-        assert _rel(our_params[name].grad, p.grad) <= 1e-5, name
+    """Output and input gradient against torchortho (fp32); parameter gradients against torchortho evaluated
+    in float64 (its fp32 parameter gradients are sums over every element and themselves drift from the exact
+    value by up to ~5e-5 relative), and against torchortho fp32 within that drift."""
+    ref64 = copy.deepcopy(ref).double()
+    y_ref, gx_ref, gp_ref = _run(ref, x, upstream)
+    y_ours, gx_ours, gp_ours = _run(ours, x, upstream)
+    _, _, gp_exact = _run(ref64, x.double(), upstream.double())
+    assert _rel(y_ours, y_ref) <= 1e-5
+    assert _rel(gx_ours, gx_ref) <= 1e-5
+    assert sorted(gp_ours) == sorted(gp_ref)
+    for name, exact in gp_exact.items():
+        assert _rel(gp_ours[name].double(), exact) <= 1e-5, name
+        ref_drift = _rel(gp_ref[name].double(), exact)
+        assert _rel(gp_ours[name], gp_ref[name]) <= 1e-5 + ref_drift, name
 
 
 @pytest.mark.parametrize("ref_cls,our_cls,degree", CASES, ids=lambda v: getattr(v, "__name__", str(v)))

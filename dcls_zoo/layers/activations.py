@@ -93,15 +93,10 @@ def _check_input(x: torch.Tensor, name: str) -> None:
         raise TypeError(f"{name} expects a floating-point tensor, got {got}")
 
 
-def _sum_of_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """sum(a * b) accumulated in at least fp32, without materialising a * b where BLAS can do it."""
-    if a.dtype in (torch.float32, torch.float64) and a.is_contiguous() and b.is_contiguous() and not a.is_meta:
-        return torch.dot(a.reshape(-1), b.reshape(-1))
-    return (a * b).sum(dtype=torch.promote_types(a.dtype, torch.float32))
-
-
 def _sum(a: torch.Tensor) -> torch.Tensor:
-    return a.sum(dtype=torch.promote_types(a.dtype, torch.float32))
+    """Sum of every element accumulated in float64: parameter gradients are sums over the whole activation tensor,
+    often with heavy cancellation, where a float32 accumulator loses ~1e-5 relative accuracy."""
+    return a.sum(dtype=torch.float64)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -170,17 +165,16 @@ class _PolynomialFunction(torch.autograd.Function):
         if need_x or need_lim:
             grad_u = _horner_derivative(u, coefficients).mul_(grad)
             if need_lim:
-                grad_lim = _sum_of_product(grad_u, t).to(lim.dtype)
+                grad_lim = _sum(grad_u * t).to(lim.dtype)
             if need_x:
                 grad_x = grad_u if t is None else grad_u.mul_(lim.to(x.dtype) * 0.5).mul_(1.0 - t * t)
         if need_m:
-            # sum(grad * u^j) for every j: one running product, each sum a dot product
+            # sum(grad * u^j) for every j, from one running product
             sums = [_sum(grad)]
             power = grad
             for j in range(1, monomial.numel()):
-                if j >= 2:
-                    power = power * u if j == 2 else power.mul_(u)
-                sums.append(_sum_of_product(power, u))
+                power = power * u if j == 1 else power.mul_(u)
+                sums.append(_sum(power))
             grad_m = torch.stack(sums).to(monomial.dtype)
         return grad_x, grad_m, grad_lim
 
@@ -377,8 +371,7 @@ class _FourierFunction(torch.autograd.Function):
         for k in range(n):
             torch.addcmul(-phi_t[k], x, w_t[k], out=z)
             if need_c:
-                torch.cos(z, out=buf)
-                sum_cos.append(_sum_of_product(grad, buf))
+                sum_cos.append(_sum(torch.cos(z, out=buf).mul_(grad)))
             z.sin_()
             if need_x:
                 grad_x.addcmul_(z, -(weights_t[k] * w_t[k]))
@@ -386,7 +379,7 @@ class _FourierFunction(torch.autograd.Function):
                 torch.mul(grad, z, out=buf)
                 sum_gsin.append(_sum(buf))
                 if need_w:
-                    sum_gsin_x.append(_sum_of_product(buf, x))
+                    sum_gsin_x.append(_sum(buf.mul_(x)))
         if need_x:
             grad_x.mul_(grad)
         grad_f = _sum(grad).reshape(1).to(fundamental.dtype) if need_f else None
@@ -551,14 +544,15 @@ class _MaxAffineFunction(torch.autograd.Function):
         tail_g = [_sum(grad)] if need_c else []
         tail_gx = [_sum(grad_times_x)] if need_s else []
         mask = torch.empty_like(x) if breakpoints else None
+        masked = torch.empty_like(x) if breakpoints and need_s else None
         for i, b in enumerate(breakpoints):
             torch.gt(x, b, out=mask)  # 1.0 right of the breakpoint, in x's dtype
             if need_x:
                 slope_map.addcmul_(mask, s[hull[i + 1]] - s[hull[i]])
-            if need_c:
-                tail_g.append(_sum_of_product(grad, mask))
             if need_s:
-                tail_gx.append(_sum_of_product(grad_times_x, mask))
+                tail_gx.append(_sum(torch.mul(mask, grad_times_x, out=masked)))
+            if need_c:
+                tail_g.append(_sum(mask.mul_(grad)))  # last use of the mask
 
         def per_line(tails, like):
             tails = torch.stack(tails + [torch.zeros_like(tails[0])])
