@@ -7,7 +7,11 @@ import pytest
 import torch
 
 from dcls_zoo.layers.audio import (
-    AUDIOSET_CONVNEXT_FRONTEND, DCLS_AUDIO_FRONTEND, FreqMeanTimeMaxMeanPool, LogMelFrontend, SpecAugment,
+    AUDIOSET_CONVNEXT_FRONTEND,
+    DCLS_AUDIO_FRONTEND,
+    FreqMeanTimeMaxMeanPool,
+    LogMelFrontend,
+    SpecAugment,
 )
 from dcls_zoo.layers.metrics import average_precision_per_class, mean_average_precision
 
@@ -251,7 +255,8 @@ def test_freq_mean_time_maxmean_pool():
     x = torch.randn(2, 5, 31, 7)
     expected = x.mean(3).amax(2) + x.mean(3).mean(2)
     torch.testing.assert_close(FreqMeanTimeMaxMeanPool()(x)[:, :, 0, 0], expected)
-    torch.testing.assert_close(FreqMeanTimeMaxMeanPool(time_dim=3, freq_dim=2)(x.transpose(2, 3)), FreqMeanTimeMaxMeanPool()(x))
+    transposed = FreqMeanTimeMaxMeanPool(time_dim=3, freq_dim=2)(x.transpose(2, 3))
+    torch.testing.assert_close(transposed, FreqMeanTimeMaxMeanPool()(x))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -274,7 +279,8 @@ def test_mean_average_precision_equals_sklearn(ties):
     assert torch.isnan(ap[~has_pos]).all()
     assert mean_average_precision(scores, targets) == pytest.approx(ref.mean(), abs=1e-12)
     # only the order matters: probabilities give the same mAP as logits
-    assert mean_average_precision(torch.sigmoid(scores.double()), targets.bool()) == pytest.approx(ref.mean(), abs=1e-12)
+    probabilities = torch.sigmoid(scores.double())
+    assert mean_average_precision(probabilities, targets.bool()) == pytest.approx(ref.mean(), abs=1e-12)
 
 
 def test_mean_average_precision_perfect_and_bad_input():

@@ -11,7 +11,6 @@ import torch.nn as nn
 
 from dcls_zoo.data.audioset_labels import AUDIOSET_LABELS, AUDIOSET_MIDS
 from dcls_zoo.layers import Dcls2d
-from dcls_zoo.layers.audio import DCLS_AUDIO_FRONTEND, LogMelFrontend
 
 tl_stft = pytest.importorskip("torchlibrosa.stft", reason="torchlibrosa: the AudioSet ConvNeXt's own front-end")
 ref_dcls = pytest.importorskip("DCLS.construct.modules", reason="the dcls==0.1.1 oracle is a test extra")
@@ -451,6 +450,10 @@ def test_dcls_audio_timm_contract(name):
     if "convformer" in name:
         assert model.head.fc.norm.eps == 1e-5   # kept through reset_classifier
     assert [info["reduction"] for info in model.feature_info] == [16, 32, 64, 128]   # along time
+    from timm.models._manipulate import group_parameters
+    groups = group_parameters(model, model.group_matcher(coarse=False))
+    assert len(groups) > 2 and any("stem.weight" in n or "stem.0.weight" in n or "stem.conv.weight" in n
+                                   for n in next(iter(groups.values())))
     positions = model.no_weight_decay()
     assert all(n.endswith((".P", ".SIG")) for n in positions) and bool(positions) == name.startswith("dcls_")
     with pytest.raises(TypeError):

@@ -23,7 +23,7 @@ built per call in the compute dtype, so float64 input gets a float64 window.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import torch
@@ -52,9 +52,9 @@ _NORMALIZATIONS = ("batchnorm", "fixed", None)
 def check_waveform(waveform: torch.Tensor, *, min_samples: int = 1, what: str = "waveform") -> torch.Tensor:
     """Validate a mono batch of waveforms and return it as (batch, samples).
 
-    Accepts (batch, samples), (batch, 1, samples) or timm's (batch, 1, 1, samples) floating tensors. Raises TypeError for non-tensors and
-    integer samples (scale int16 PCM to [-1, 1) first), ValueError for other shapes, multi-channel input,
-    clips shorter than `min_samples`, and non-finite samples.
+    Accepts (batch, samples), (batch, 1, samples) or timm's (batch, 1, 1, samples) floating tensors. Raises
+    TypeError for non-tensors and integer samples (scale int16 PCM to [-1, 1) first), and ValueError for other
+    shapes, multi-channel input, clips shorter than `min_samples` and non-finite samples.
     """
     if not isinstance(waveform, torch.Tensor):
         raise TypeError(f"{what}: expected a torch.Tensor of shape (batch, samples), got {type(waveform).__name__}")
@@ -124,7 +124,7 @@ class LogMelFrontend(nn.Module):
             normalization: Optional[str] = "fixed",
             mean: float = 0.0,
             std: float = 1.0,
-            spec_augment: Optional["SpecAugment"] = None,
+            spec_augment: Optional[SpecAugment] = None,
             device=None,
             dtype=None,
     ):
@@ -140,7 +140,9 @@ class LogMelFrontend(nn.Module):
         if mel_norm not in ("slaney", None):
             raise ValueError(f"mel_norm must be 'slaney' or None, got {mel_norm!r}")
         if not 0 < win_length <= n_fft or hop_length <= 0:
-            raise ValueError(f"need 0 < win_length <= n_fft and hop_length > 0, got {win_length}, {n_fft}, {hop_length}")
+            raise ValueError(
+                f"need 0 < win_length <= n_fft and hop_length > 0, got {win_length}, {n_fft}, {hop_length}"
+            )
         if not 0 <= f_min < f_max <= sample_rate / 2:
             raise ValueError(f"need 0 <= f_min < f_max <= sample_rate / 2, got {f_min}, {f_max}, {sample_rate}")
         if normalization == "fixed" and not std > 0:

@@ -34,7 +34,11 @@ from timm.models import generate_default_cfgs, register_model
 
 from ..data.audioset_labels import AUDIOSET_LABELS
 from ..layers.audio import (
-    AUDIO_POOL_TYPE, AUDIOSET_CONVNEXT_FRONTEND, FreqMeanTimeMaxMeanPool, LogMelFrontend, SpecAugment,
+    AUDIO_POOL_TYPE,
+    AUDIOSET_CONVNEXT_FRONTEND,
+    FreqMeanTimeMaxMeanPool,
+    LogMelFrontend,
+    SpecAugment,
 )
 from ._builder import build_dcls_model
 

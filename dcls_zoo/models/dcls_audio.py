@@ -36,14 +36,16 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 from timm.layers import trunc_normal_
+from timm.models._manipulate import checkpoint_seq
 from timm.models import convnext as timm_convnext
 from timm.models import fastvit as timm_fastvit
-from timm.models import generate_default_cfgs, metaformer as timm_metaformer, register_model
+from timm.models import generate_default_cfgs, register_model
+from timm.models import metaformer as timm_metaformer
 
 from ..data.audioset_labels import AUDIOSET_LABELS
 from ..layers import check_shared_copies_equal, clamp_dcls_parameters, dcls_position_parameter_names, dclsify
-from ..layers.replace import shared_parameter_groups
 from ..layers.audio import DCLS_AUDIO_FRONTEND, LogMelFrontend
+from ..layers.replace import shared_parameter_groups
 from ._builder import build_dcls_model
 
 __all__ = ["ConvNeXtAudio", "MetaFormerAudio", "FastVitAudio", "AUDIO_STEM_KERNEL"]
@@ -70,11 +72,10 @@ def _is_dw7x7(name: str, conv: nn.Conv2d) -> bool:
 class _AudioModelMixin:
     """What the three families add to their timm class: the optional waveform front-end and DCLS helpers.
 
-    Must come first in the bases so its `forward_features` / `forward_intermediates` run the front-end before
-    the timm class's.
+    Must come first in the bases so its `forward_intermediates` runs the front-end before the timm class's. Each
+    family writes `forward_features` out (no `super()`), so TorchScript can compile it; the `frontend is not None`
+    branch is dropped at compile time when there is no front-end.
     """
-
-    frontend: Optional[LogMelFrontend]
 
     def _init_audio(self, waveform_input: bool, in_chans: int, dcls_version: Optional[str],
                     dcls_dilated_kernel_size: int, dcls_kernel_count: int, conv_filter, device, dtype) -> None:
@@ -90,14 +91,11 @@ class _AudioModelMixin:
             dclsify(self, version=dcls_version, dilated_kernel_size=dcls_dilated_kernel_size,
                     kernel_count=dcls_kernel_count, conv_filter=conv_filter)
 
-    def _frontend(self, x: torch.Tensor) -> torch.Tensor:
-        return x if self.frontend is None else self.frontend(x)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward_features(self._frontend(x))
-
     def forward_intermediates(self, x: torch.Tensor, *args: Any, **kwargs: Any):
-        return super().forward_intermediates(self._frontend(x), *args, **kwargs)
+        """timm's `forward_intermediates`, after the front-end when there is one."""
+        if self.frontend is not None:
+            x = self.frontend(x)
+        return super().forward_intermediates(x, *args, **kwargs)
 
     def no_weight_decay(self) -> set[str]:
         """DCLS positions and widths train without weight decay (as in the original recipe)."""
@@ -145,6 +143,13 @@ class ConvNeXtAudio(_AudioModelMixin, timm_convnext.ConvNeXt):
             waveform_input, in_chans, dcls_version, dcls_dilated_kernel_size, dcls_kernel_count,
             lambda name, conv: name.endswith(".conv_dw") and _is_dw7x7(name, conv), device, dtype,
         )
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.frontend is not None:
+            x = self.frontend(x)
+        x = self.stem(x)
+        x = self.stages(x)
+        return self.norm_pre(x)
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
@@ -196,9 +201,24 @@ class MetaFormerAudio(_AudioModelMixin, timm_metaformer.MetaFormer):
         super().reset_classifier(num_classes, global_pool, reset_other=reset_other, device=device, dtype=dtype)
         self._set_head_norm_eps()
 
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.frontend is not None:
+            x = self.frontend(x)
+        x = self.stem(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(self.stages, x)
+        return self.stages(x)
+
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
-        return dict(super().group_matcher(coarse), stem=r"^frontend|^stem")
+        # timm's MetaFormer has none; the layout is ConvNeXt's (stem, per-stage downsample + blocks).
+        return dict(
+            stem=r"^frontend|^stem",
+            blocks=r"^stages\.(\d+)" if coarse else [
+                (r"^stages\.(\d+)\.downsample", (0,)),
+                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
+            ],
+        )
 
 
 class FastVitAudio(_AudioModelMixin, timm_fastvit.FastVit):
@@ -220,7 +240,8 @@ class FastVitAudio(_AudioModelMixin, timm_fastvit.FastVit):
             embed_dims: tuple[int, ...] = (64, 128, 256, 512),
             mlp_ratios: tuple[float, ...] = (4, 4, 4, 4),
             token_mixers: tuple[str, ...] = ("repmixer", "repmixer", "repmixer", "attention"),
-            pos_embs: tuple[Any, ...] = (None, None, None, partial(timm_fastvit.RepConditionalPosEnc, spatial_shape=(7, 7))),
+            pos_embs: tuple[Any, ...] = (
+                None, None, None, partial(timm_fastvit.RepConditionalPosEnc, spatial_shape=(7, 7))),
             drop_rate: float = 0.0,
             drop_path_rate: float = 0.0,
             device=None,
@@ -236,6 +257,13 @@ class FastVitAudio(_AudioModelMixin, timm_fastvit.FastVit):
             waveform_input, in_chans, dcls_version, dcls_dilated_kernel_size, dcls_kernel_count, _is_dw7x7,
             device, dtype,
         )
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.frontend is not None:
+            x = self.frontend(x)
+        x = self.stem(x)
+        x = self.stages(x)
+        return self.final_conv(x)
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
@@ -305,13 +333,15 @@ def _cfg(url: str = "", pool_size: tuple[int, int] = (8, 8), **kwargs: Any) -> d
         "mean": (0.0,), "std": (1.0,), "first_conv": "stem.0", "classifier": "head.fc",
         "label_names": AUDIOSET_LABELS,
         "license": "mit", "origin_url": "https://github.com/K-H-Ismail/DCLS-Audio",
-        "paper_ids": "arXiv:2309.13972", "paper_name": "Audio classification with Dilated Convolution with Learnable Spacings",
+        "paper_ids": "arXiv:2309.13972",
+        "paper_name": "Audio classification with Dilated Convolution with Learnable Spacings",
         **kwargs,
     }
 
 
 _ZENODO = "https://zenodo.org/record/8370979/files/"
-_INPUT_NOTE = "input: log-mel (1, 128 HTK mels, 1001 frames), (dB + 18.2696) / 30.5735; waveform_input=True for waveforms"
+_INPUT_NOTE = (
+    "input: log-mel (1, 128 HTK mels, 1001 frames), (dB + 18.2696) / 30.5735; waveform_input=True for waveforms")
 default_cfgs = generate_default_cfgs({
     "convnext_audio_tiny.as2m": _cfg(pool_size=(8, 7), notes=(
         "AudioSet mAP 44.83 +- 0.14 reported; no baseline checkpoint published (README links the DCLS file)",
