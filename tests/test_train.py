@@ -223,3 +223,20 @@ def test_run_training_writes_a_hub_ready_folder_that_reloads(tmp_path, image_fol
     assert "library_name: timm" in card and "model-index" in card
     assert f"{all_results['eval_accuracy']:.4f}" in card
     assert "dcls-zoo train --preset none --model-kwargs '{\"dims\": [8, 8, 16, 16]" in card
+
+
+def test_weight_ema_averages_tied_positions_once():
+    """A stage's shared P is one tensor: one EMA step moves it by exactly (1 - decay) of the gap."""
+    from dcls_zoo.train.ema import WeightEma
+
+    model = timm.create_model("dcls_convnext_atto", **TINY_DCLS, num_classes=2)
+    ema = WeightEma(model, decay=0.75, warmup=False)
+    shared = model.stages[2].blocks[0].conv_dw.P
+    assert ema.module.stages[2].blocks[0].conv_dw.P is ema.module.stages[3].blocks[0].conv_dw.P  # ties kept
+    start = shared.detach().clone()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    ema.update(model, step=1)
+    torch.testing.assert_close(ema.module.stages[2].blocks[0].conv_dw.P, start + 0.25)
+    torch.testing.assert_close(ema.module.head.fc.weight, model.head.fc.weight - 0.75)

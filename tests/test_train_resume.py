@@ -1,10 +1,10 @@
 """Exact resumption: a run SIGKILLed mid-epoch and resumed from its last checkpoint ends with the same weights,
 bit for bit, as an uninterrupted run with the same seed.
 
-The run exercises every source of randomness the trainer has to restore: shuffled data order, random crops and
-flips, mixup/cutmix, drop-path, gradient accumulation, DCLS positions (tied per stage, clamped each step) and a
-warmup + cosine schedule. The killed run hangs after optimizer step 7 (last checkpoint: step 6, in the middle of
-the second epoch) and is killed with SIGKILL, so nothing runs at exit.
+The run exercises every source of randomness and state the trainer has to restore: shuffled data order, random
+crops and flips, mixup/cutmix, drop-path, gradient accumulation, DCLS positions (tied per stage, clamped each
+step), a warmup + cosine schedule and the weight EMA (compared too). The killed run hangs after optimizer step 7
+(last checkpoint: step 6, in the middle of the second epoch) and is killed with SIGKILL, so nothing runs at exit.
 """
 import os
 import signal
@@ -41,11 +41,13 @@ cfg = TrainConfig(
     model_kwargs=dict(dims=[8, 8, 16, 16], depths=[1, 1, 1, 1], dcls_dilated_kernel_size=3, dcls_kernel_count=2),
     img_size=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop_pct=1.0, scale=(0.6, 1.0), hflip=0.5,
     mixup=0.4, cutmix=0.5, smoothing=0.1, drop_path=0.2, batch_size=2, grad_accum_steps=2, epochs=3,
+    model_ema_decay=0.9,
     lr=5e-3, warmup_epochs=1.0, sched="cosine", save_every=3, output_dir=out, report_to="none", progress=False,
     save_model=False, resume=(mode == "resume"))
 trainer = Trainer(cfg, callbacks=[HangAfter(7)] if mode == "killed" else [])
 trainer.train()
 state = {k: v.clone() for k, v in trainer.unwrapped_model().state_dict().items()}
+state.update({"ema." + k: v.clone() for k, v in trainer.final_model().state_dict().items()})
 torch.save({"state": state, "step": trainer.global_step}, os.path.join(out, "final.pt"))
 '''
 

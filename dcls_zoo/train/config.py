@@ -74,6 +74,7 @@ class TrainConfig:
     momentum: float = 0.9
     betas: tuple[float, float] | None = None
     clip_grad: float | None = None
+    model_ema_decay: float | None = None  # keep an EMA of the weights; it is evaluated and saved instead
     sched: str = "cosine"
     warmup_epochs: float = 0.0
     warmup_lr: float = 1e-6
@@ -146,12 +147,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         sched="cosine", smoothing=0.1, drop_path=0.0, seed=0, mixed_precision="no",
     ),
     # ConvNeXt-dcls ImageNet-1k (ICLR 2023): AdamW lr 4e-3 at total batch 4096, wd 0.05, 300 epochs, 20 warmup,
-    # cosine to 1e-6, RandAug m9, mixup 0.8, cutmix 1.0, smoothing 0.1, random erasing 0.25.
+    # cosine to 1e-6, RandAug m9, mixup 0.8, cutmix 1.0, smoothing 0.1, random erasing 0.25, EMA 0.9999.
     "dcls-convnext-in1k": dict(
         task="image", model="dcls_convnext_tiny", dataset="imagenet-1k", img_size=224, epochs=300,
         batch_size=128, opt="adamw", lr=4e-3, weight_decay=0.05, warmup_epochs=20.0, min_lr=1e-6,
         sched="cosine", auto_augment="rand-m9-mstd0.5-inc1", mixup=0.8, cutmix=1.0, smoothing=0.1, reprob=0.25,
-        drop_path=0.1, mixed_precision="bf16", eval_split="validation",
+        drop_path=0.1, model_ema_decay=0.9999, mixed_precision="bf16", eval_split="validation",
     ),
     # DCLS-Audio AudioSet-2M: BCE, AdamW lr 4e-3 at batch 4096, wd 0.05, 60 epochs, 20 warmup, cosine,
     # drop_path 0.4, batch mixup Beta(0.8, 0.8) with smoothing 0.1, 32 kHz 10 s clips.

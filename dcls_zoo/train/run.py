@@ -62,7 +62,7 @@ def model_card(trainer: Trainer, results: dict[str, Any], command: str) -> str:
             task_type=info.get("pipeline_tag", cfg.task), dataset_type=dataset_id, dataset_name=dataset_id,
             dataset_split=trainer.eval_split, metric_type=metric_id, metric_value=round(float(value), 4))],
     )
-    n_params = sum(p.numel() for p in trainer.unwrapped_model().parameters())
+    n_params = sum(p.numel() for p in trainer.final_model().parameters())
     load = ('from transformers import AutoModelForCausalLM\nimport dcls_zoo  # registers the model classes\n'
             'model = AutoModelForCausalLM.from_pretrained("<this folder or repo id>")' if cfg.task == "lm" else
             'import timm\nimport dcls_zoo  # registers the models with timm (timm has no plugin discovery)\n'
@@ -119,7 +119,7 @@ def run_training(cfg: TrainConfig, *, preset: str | None = None, model: nn.Modul
     acc = trainer.accelerator
     out = cfg.output_dir
     if cfg.save_model:
-        unwrapped = trainer.unwrapped_model()
+        unwrapped = trainer.final_model()
         if acc.is_main_process:
             if cfg.task == "lm":
                 save_folder(unwrapped, out, card=False)

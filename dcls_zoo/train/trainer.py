@@ -8,6 +8,7 @@ any moment and resumed from its last checkpoint ends with the same weights as an
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -30,6 +31,7 @@ from .callbacks import (
 )
 from .config import TrainConfig
 from .data import EpochShuffleSampler, TransformedDataset, load_splits
+from .ema import WeightEma
 from .optim import create_optimizer, create_scheduler
 from .tasks import TASK_ADAPTERS, TaskAdapter
 
@@ -73,7 +75,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, *, model: nn.Module | None = None, callbacks: list[Callback] = ()):
         from accelerate import Accelerator
-        from accelerate.utils import set_seed
+        from accelerate.utils import ProjectConfiguration, set_seed
 
         self.cfg = cfg
         cpu = cfg.cpu or not torch.cuda.is_available()
@@ -92,7 +94,9 @@ class Trainer:
         GradientState._reset_state()
         self.accelerator = Accelerator(
             cpu=cpu, mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum_steps,
-            log_with=None if report_to == "none" else report_to, project_dir=cfg.output_dir,
+            log_with=None if report_to == "none" else report_to,
+            project_config=ProjectConfiguration(project_dir=cfg.output_dir,
+                                                logging_dir=os.path.join(cfg.output_dir, "logs")),
         )
         self.trackers_enabled = report_to != "none"
         self.output_dir = cfg.output_dir
@@ -125,8 +129,9 @@ class Trainer:
         self.model = model
 
         adapter = self.adapter
-        self.train_set = TransformedDataset(train_rows, lambda r: adapter.transform(r, True), seed=cfg.seed)
-        self.eval_set = TransformedDataset(eval_rows, lambda r: adapter.transform(r, False))
+        self.train_set = TransformedDataset(train_rows, functools.partial(adapter.transform, training=True),
+                                            seed=cfg.seed)
+        self.eval_set = TransformedDataset(eval_rows, functools.partial(adapter.transform, training=False))
         self.sampler = EpochShuffleSampler(len(self.train_set), cfg.seed)
         # an explicit generator keeps the DataLoader from drawing its worker seed from the global RNG
         train_loader = torch.utils.data.DataLoader(
@@ -138,8 +143,15 @@ class Trainer:
             num_workers=cfg.num_workers, collate_fn=adapter.collate)
 
         self.optimizer = create_optimizer(self.model, cfg)
+        # the EMA copies the model before `prepare` patches its forward; its state is part of every checkpoint
+        self.ema = WeightEma(self.model, cfg.model_ema_decay) if cfg.model_ema_decay is not None else None
         self.prepared_model, self.prepared_optimizer, self.train_loader, self.eval_loader = self.accelerator.prepare(
             self.model, self.optimizer, train_loader, eval_loader)
+        self.eval_model = self.prepared_model
+        if self.ema is not None:
+            self.ema.to(self.accelerator.device)
+            self.accelerator.register_for_checkpointing(self.ema)
+            self.eval_model = self.accelerator.prepare_model(self.ema.module, evaluation_mode=True)
         self.micro_batches_per_epoch = len(self.train_loader)
         self.steps_per_epoch = math.ceil(self.micro_batches_per_epoch / cfg.grad_accum_steps)
         self.total_steps = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * self.steps_per_epoch
@@ -263,8 +275,6 @@ class Trainer:
         skip = self._resume() if cfg.resume else 0
         if not cfg.resume and acc.is_main_process and os.path.exists(self.metrics_path):
             os.remove(self.metrics_path)
-        if cfg.resume and not self._checkpoints():
-            raise FileNotFoundError(f"--resume: no checkpoint in {self.checkpoint_dir}")
         self._call("on_train_begin")
         start_epoch = self.global_step // self.steps_per_epoch
         progress = None
@@ -314,7 +324,9 @@ class Trainer:
                 now = time.perf_counter()
                 self.samples_per_second = window_samples / max(now - window_t, 1e-9)
                 window_t, window_samples = now, 0
-                self._call("on_step_end")
+                self._call("on_step_end")  # clamps DCLS positions first, so the EMA averages clamped values
+                if self.ema is not None:
+                    self.ema.update(self.unwrapped_model(), self.global_step)
                 if progress is not None:
                     progress.update(1)
                     progress.set_postfix(loss=f"{self.last_loss:.4f}", lr=f"{self.current_lr:.2e}",
@@ -350,7 +362,7 @@ class Trainer:
         return results
 
     def _run_eval(self) -> dict[str, float]:
-        metrics = self.evaluate()
+        metrics = self.evaluate(model=self.eval_model)
         self.eval_history.append({"step": self.global_step, "epoch": round(self.epoch_progress, 4), **metrics})
         self._call("on_evaluate", metrics)
         self.accelerator.print(f"epoch {self.epoch_progress:.2f} step {self.global_step}: " + ", ".join(
@@ -373,3 +385,7 @@ class Trainer:
     # --- final folder -----------------------------------------------------------------------------------
     def unwrapped_model(self) -> nn.Module:
         return self.accelerator.unwrap_model(self.prepared_model)
+
+    def final_model(self) -> nn.Module:
+        """What the run publishes: the EMA weights when an EMA is kept (as the DCLS releases), else the model."""
+        return self.ema.module if self.ema is not None else self.unwrapped_model()
