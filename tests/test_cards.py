@@ -93,3 +93,23 @@ def test_card_for_an_unlisted_model_is_minimal_but_valid():
     assert data["library_name"] == "timm" and "dcls" in data["tags"]
     assert ModelCard(str(card)).data.to_dict() == data
     assert "import dcls_zoo" in str(card) and "Reported results" not in str(card)
+
+
+def test_the_usage_and_fine_tuning_code_in_a_card_runs(tmp_path):
+    # Run the card's Python blocks with the Hub id replaced by a local folder holding the same files.
+    import re
+
+    from PIL import Image
+
+    from dcls_zoo.hub import save_folder
+
+    folder = save_folder(timm.create_model("dcls_convnext_atto"), tmp_path / "atto")
+    text = str(model_card("dcls_convnext_atto"))
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert len(blocks) == 2
+    for code in blocks:
+        code = code.replace('"hf-hub:dcls-zoo/dcls_convnext_atto"', repr(f"local-dir:{folder}"))
+        code = code.replace('"dcls-zoo/dcls_convnext_atto"', repr(str(folder)))
+        namespace = {"image": Image.new("RGB", (80, 64))}
+        exec(compile(code, "card", "exec"), namespace)
+    assert namespace["model"].num_classes == 10 and "optimizer" in namespace

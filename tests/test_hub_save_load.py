@@ -149,7 +149,8 @@ def test_weights_of_another_architecture_are_refused_naming_the_keys(saved, tmp_
     _, atto_folder, _, _ = saved
     femto = _model("dcls_convnext_femto")
     femto_folder = save_folder(femto, tmp_path / "femto", card=False)
-    with pytest.raises(ValueError, match=r"does not fit dcls_convnext_atto: shape mismatches.*"
+    with pytest.raises(ValueError, match=r"\(saved from dcls_convnext_femto\) does not fit dcls_convnext_atto: "
+                                         r"shape mismatches.*"
                                          r"stem\.0\.weight \(48, 3, 4, 4\) vs \(40, 3, 4, 4\)"):
         load_weights(_model(), femto_folder)
     # a folder whose config names one architecture but holds another's weights: both loaders name the keys

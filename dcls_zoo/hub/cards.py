@@ -18,6 +18,8 @@ from typing import Any, Optional, Union
 
 import torch.nn as nn
 
+from .save import is_transformers_model
+
 __all__ = [
     "HUB_ORG", "ModelFacts", "FACTS", "hub_id", "published_models", "model_card", "card_data",
     "write_cards", "diff_cards", "unique_parameter_count",
@@ -249,7 +251,19 @@ def _dcls_summary(model: nn.Module) -> Optional[str]:
     return "; ".join(parts) + f"; {shared} shared position tensors"
 
 
-def _library_usage(facts: Optional[ModelFacts], name: str, repo_id: str, library: str, task: str) -> str:
+_DCLS_OPTIMIZER = """
+positions = dcls_position_parameter_names(model)  # DCLS positions/sigmas: 5x learning rate, no weight decay
+groups = [
+    {"params": [p for n, p in model.named_parameters() if n in positions], "lr": 5e-4, "weight_decay": 0.0},
+    {"params": [p for n, p in model.named_parameters() if n not in positions], "lr": 1e-4},
+]
+optimizer = torch.optim.AdamW(groups, weight_decay=0.05)
+# after every optimizer.step(): clamp_dcls_parameters(model)"""
+_PLAIN_OPTIMIZER = """
+optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)"""
+
+
+def _library_usage(repo_id: str, library: str, task: str, has_dcls: bool) -> str:
     if library == "transformers":
         return f'''## How to use
 
@@ -283,6 +297,8 @@ model = AutoModelForSequenceClassification.from_pretrained("{repo_id}", num_labe
         example = ("data_config = timm.data.resolve_model_data_config(model)\n"
                    "transform = timm.data.create_transform(**data_config, is_training=False)\n"
                    "x = transform(image).unsqueeze(0)  # image: a PIL image")
+    dcls_import = "from dcls_zoo.layers import clamp_dcls_parameters, dcls_position_parameter_names\n" if has_dcls else ""
+    optimizer = _DCLS_OPTIMIZER if has_dcls else _PLAIN_OPTIMIZER
     return f'''## How to use
 
 `import dcls_zoo` must come before `timm.create_model`: timm has no plugin discovery, and importing the package
@@ -304,21 +320,13 @@ with torch.no_grad():
 ```python
 import torch
 import dcls_zoo
-from dcls_zoo.layers import clamp_dcls_parameters, dcls_position_parameter_names
 from dcls_zoo.hub import load_folder
-
+{dcls_import}
 # strict path: every key must fit; the head is replaced only when asked, with a warning naming it
 model = load_folder("{repo_id}", num_classes=10, replace_head=True)
 # (timm's own `timm.create_model("hf-hub:{repo_id}", pretrained=True, num_classes=10)` also works,
 #  but drops the classifier with only an info-level log)
-
-positions = dcls_position_parameter_names(model)  # DCLS positions/sigmas: 5x learning rate, no weight decay
-groups = [
-    {{"params": [p for n, p in model.named_parameters() if n in positions], "lr": 5e-4, "weight_decay": 0.0}},
-    {{"params": [p for n, p in model.named_parameters() if n not in positions], "lr": 1e-4}},
-]
-optimizer = torch.optim.AdamW(groups, weight_decay=0.05)
-# after every optimizer.step(): clamp_dcls_parameters(model)
+{optimizer}
 ```
 '''
 
@@ -328,7 +336,7 @@ def card_data(name: str, model: Optional[nn.Module] = None, facts: Optional[Mode
     from huggingface_hub import EvalResult, ModelCardData
 
     facts = facts or _FACTS_BY_NAME.get(name)
-    library = facts.library if facts else ("transformers" if _is_transformers(model) else "timm")
+    library = facts.library if facts else ("transformers" if is_transformers_model(model) else "timm")
     task = facts.task if facts else ("text-generation" if library == "transformers" else "image-classification")
     tags = [library, task, "dcls-zoo"]
     if "dcls" in name or (model is not None and _dcls_summary(model)):
@@ -355,14 +363,6 @@ def card_data(name: str, model: Optional[nn.Module] = None, facts: Optional[Mode
     return ModelCardData(**kwargs)
 
 
-def _is_transformers(model: Optional[nn.Module]) -> bool:
-    if model is None:
-        return False
-    from transformers import PreTrainedModel
-
-    return isinstance(model, PreTrainedModel)
-
-
 def model_card(name: str, model: Optional[nn.Module] = None, org: str = HUB_ORG):
     """The `huggingface_hub.ModelCard` for the model published as `<org>/<name>`.
 
@@ -374,7 +374,7 @@ def model_card(name: str, model: Optional[nn.Module] = None, org: str = HUB_ORG)
     facts = _FACTS_BY_NAME.get(name)
     if model is None:
         model = _meta_model(name)
-    library = facts.library if facts else ("transformers" if _is_transformers(model) else "timm")
+    library = facts.library if facts else ("transformers" if is_transformers_model(model) else "timm")
     task = facts.task if facts else ("text-generation" if library == "transformers" else "image-classification")
     repo_id = hub_id(name, org)
     data = card_data(name, model, facts)
@@ -417,12 +417,13 @@ def model_card(name: str, model: Optional[nn.Module] = None, org: str = HUB_ORG)
                       f"{facts.metric_note}; not re-measured by dcls-zoo."]
         else:
             lines += [f"None: {facts.metric_note}."]
-    lines += ["", _library_usage(facts, name, repo_id, library, task).rstrip(), ""]
+    has_dcls = library == "timm" and _dcls_summary(model) is not None
+    lines += ["", _library_usage(repo_id, library, task, has_dcls).rstrip(), ""]
     if facts:
         lines += ["## Conversion", "",
                   f"`dcls-zoo convert {name} CHECKPOINT OUT_DIR` loads the original checkpoint through the family's "
-                  "`checkpoint_filter_fn`, writes this folder (shared positions stored once in `model.safetensors`, "
-                  "re-tied on load) and checks that the reloaded model's logits equal those of the original-layout "
+                  "`checkpoint_filter_fn`, writes this folder (`model.safetensors` stores each shared tensor, such as a "
+                  "stage's DCLS positions, once; the ties are restored on load) and checks that the reloaded model's logits equal those of the original-layout "
                   "load on a fixed input.", ""]
     content = f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)
     return ModelCard(content)

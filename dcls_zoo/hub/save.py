@@ -30,6 +30,7 @@ __all__ = [
     "CONFIG_NAME", "WEIGHTS_NAME", "CARD_NAME", "SHARED_METADATA_KEY",
     "deduplicate_state_dict", "save_state_dict", "load_state_dict_file", "apply_tie_map",
     "check_state_dict_fits", "save_folder", "load_weights", "load_folder", "folder_architecture",
+    "is_transformers_model",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -167,12 +168,11 @@ def check_state_dict_fits(
 ) -> None:
     """Raise ValueError naming the keys when `state_dict` does not fit `model` exactly (names and shapes)."""
     expected = model.state_dict()
-    given = state_dict
-    missing = [k for k in expected if k not in given]
-    unexpected = [k for k in given if k not in expected]
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
     mismatched = [
-        f"{k} {tuple(given[k].shape)} vs {tuple(expected[k].shape)}"
-        for k in expected if k in given and tuple(given[k].shape) != tuple(expected[k].shape)
+        f"{k} {tuple(state_dict[k].shape)} vs {tuple(expected[k].shape)}"
+        for k in expected if k in state_dict and tuple(state_dict[k].shape) != tuple(expected[k].shape)
     ]
     if not (missing or unexpected or mismatched):
         return
@@ -191,11 +191,10 @@ def check_state_dict_fits(
 # folders
 # --------------------------------------------------------------------------------------------------------------
 
-def _is_transformers_model(model: nn.Module) -> bool:
-    try:
-        from transformers import PreTrainedModel
-    except ImportError:  # pragma: no cover - transformers is a dependency
-        return False
+def is_transformers_model(model: Optional[nn.Module]) -> bool:
+    """True for a transformers `PreTrainedModel` (saved with `save_pretrained`), False for timm models."""
+    from transformers import PreTrainedModel
+
     return isinstance(model, PreTrainedModel)
 
 
@@ -238,7 +237,7 @@ def save_folder(
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    if _is_transformers_model(model):
+    if is_transformers_model(model):
         # transformers writes safetensors and handles its own tied weights (lm_head <-> wte).
         model.save_pretrained(str(folder))
         name = model_name or getattr(model.config, "name_or_path", None) or model.config.model_type
@@ -274,7 +273,8 @@ def load_weights(model: nn.Module, source: PathLike) -> nn.Module:
     if not path.is_file():
         raise FileNotFoundError(f"no weights at {path}")
     state_dict = load_state_dict_file(path)
-    check_state_dict_fits(state_dict, model, source=str(path))
+    saved_from = _read_metadata(path).get(ARCHITECTURE_METADATA_KEY)
+    check_state_dict_fits(state_dict, model, source=f"{path} (saved from {saved_from})" if saved_from else str(path))
     check_shared_copies_equal(state_dict, model)
     model.load_state_dict(state_dict, strict=True)
     apply_tie_map(model, _tie_map_of(path))
