@@ -77,6 +77,7 @@ def test_facts_agree_with_the_registered_pretrained_cfg(name):
     paper_ids = (cfg.paper_ids,) if isinstance(cfg.paper_ids, str) else tuple(cfg.paper_ids or ())
     assert f"arXiv:{facts.arxiv}" in paper_ids
     assert timm.is_model(name.partition(".")[0])
+    assert cfg.hf_hub_id in (None, hub_id(name))   # once added, the Hub id follows the one scheme
 
 
 def test_parameter_counts_in_cards_match_the_originals():
