@@ -165,7 +165,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, image_folder):
 
 
 def test_fp16_on_cpu_is_refused(tmp_path, image_folder):
-    with pytest.raises(ValueError, match="fp16 needs a GPU"):
+    with pytest.raises(ValueError, match="fp16 needs a GPU: on CPU Accelerate accepts it but silently runs in fp32"):
         Trainer(tiny_image_config(tmp_path, image_folder, mixed_precision="fp16", cpu=True))
 
 

@@ -8,12 +8,14 @@ import json
 import re
 from typing import Any
 
-from .config import PRESETS, TrainConfig, config_from_preset
+from .config import MIXED_PRECISION, PRESETS, SCHEDULES, TASKS, TrainConfig, config_from_preset
 
 DEFAULT_PRESET = "digits"
 # Flags that name other data or another task: given without --preset, they start from the plain defaults
 # instead of the digits preset (whose 1-channel 32-pixel settings would not fit other data).
 _LEAVES_DEFAULT_PRESET = ("dataset", "task")
+_CHOICES = {"task": TASKS, "mixed_precision": MIXED_PRECISION, "sched": SCHEDULES,
+            "report_to": ("auto", "tensorboard", "none")}
 
 
 def _field_help() -> dict[str, str]:
@@ -51,6 +53,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
             kwargs["type"] = int
         elif kind.startswith("float"):
             kwargs["type"] = float
+        if f.name in _CHOICES:
+            kwargs["choices"] = _CHOICES[f.name]
         parser.add_argument(flag, **kwargs)
 
 

@@ -86,7 +86,7 @@ class TrainConfig:
 
     # run
     seed: int = 0
-    mixed_precision: str = "no"  # no | bf16 | fp16 (fp16 needs a GPU)
+    mixed_precision: str | None = None  # no | bf16 | fp16 (fp16: GPU only); default: accelerate launch's, else no
     cpu: bool = False
     output_dir: str = "dcls-zoo-output"
     save_every: int | None = None  # optimiser steps between checkpoints (default: at the end of each epoch)
@@ -105,7 +105,7 @@ class TrainConfig:
     def validate(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
-        if self.mixed_precision not in MIXED_PRECISION:
+        if self.mixed_precision is not None and self.mixed_precision not in MIXED_PRECISION:
             raise ValueError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}, "
                              f"got {self.mixed_precision!r}")
         if self.sched not in SCHEDULES:
@@ -144,7 +144,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         model_kwargs=dict(dcls_dilated_kernel_size=7, dcls_kernel_count=13),
         mean=(0.5,), std=(0.5,), interpolation="bilinear", crop_pct=1.0, scale=(0.7, 1.0), ratio=(0.9, 1.1), hflip=0.0,
         epochs=15, batch_size=64, opt="adamw", lr=3e-3, weight_decay=0.05, warmup_epochs=1.0,
-        sched="cosine", smoothing=0.1, drop_path=0.0, seed=0, mixed_precision="no",
+        sched="cosine", smoothing=0.1, drop_path=0.0, seed=0,
     ),
     # ConvNeXt-dcls ImageNet-1k (ICLR 2023): AdamW lr 4e-3 at total batch 4096, wd 0.05, 300 epochs, 20 warmup,
     # cosine to 1e-6, RandAug m9, mixup 0.8, cutmix 1.0, smoothing 0.1, random erasing 0.25, EMA 0.9999.

@@ -71,7 +71,8 @@ def model_card(trainer: Trainer, results: dict[str, Any], command: str) -> str:
                      for k, v in sorted({**results["eval"], **results.get("reload", {})}.items()))
     env = (f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
            f"{trainer.accelerator.num_processes} process(es), device {trainer.accelerator.device}, "
-           f"mixed precision {cfg.mixed_precision}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
+           f"mixed precision {trainer.accelerator.mixed_precision}, "
+           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
     body = f"""
 # {name}
 

@@ -79,9 +79,6 @@ class Trainer:
 
         self.cfg = cfg
         cpu = cfg.cpu or not torch.cuda.is_available()
-        if cfg.mixed_precision == "fp16" and cpu:
-            raise ValueError("--mixed-precision fp16 needs a GPU: on CPU Accelerate accepts it but silently runs in "
-                             "fp32; use bf16 (or no) on CPU")
         report_to = cfg.report_to
         if report_to == "auto":
             report_to = "tensorboard" if _tensorboard_available() else "none"
@@ -98,6 +95,9 @@ class Trainer:
             project_config=ProjectConfiguration(project_dir=cfg.output_dir,
                                                 logging_dir=os.path.join(cfg.output_dir, "logs")),
         )
+        if self.accelerator.mixed_precision == "fp16" and self.accelerator.device.type == "cpu":
+            raise ValueError("mixed precision fp16 needs a GPU: on CPU Accelerate accepts it but silently runs in "
+                             "fp32; use bf16 (or no) on CPU")
         self.trackers_enabled = report_to != "none"
         self.output_dir = cfg.output_dir
         self.logging_dir = os.path.join(self.output_dir, "logs")
