@@ -33,6 +33,7 @@ Training pieces (plain objects; the trainer calls them):
 from __future__ import annotations
 
 import contextlib
+from contextlib import nullcontext
 from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -41,6 +42,7 @@ import torch.nn.functional as F
 from timm.layers import get_device_dtype
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
+from torch.utils.checkpoint import checkpoint
 
 from ..layers.dcls import Dcls1d, clamp_dcls_parameters
 from ..layers.spiking import LIFNeuron, TimeSharedDropout
@@ -51,7 +53,19 @@ __all__ = [
 ]
 
 SIGMA_FINAL = 0.23          # the schedule stops once SIG reaches this (effective std SIG + 0.27 = 0.5 steps)
-_ROUNDED_NORM_EPS = 1e-7    # normaliser epsilon of the reference 'max' kernel used for rounded delays
+_ROUNDED_NORM_EPS = 1e-7    # normaliser epsilon of the reference kernels (sum + eps)
+_GAUSS_SIGMA_FLOOR = 0.27   # Gaussian std = |SIG| + 0.27 (dcls 0.1.1)
+
+
+def _reference_gauss_delay_kernel(
+    weight: torch.Tensor, P: torch.Tensor, SIG: torch.Tensor, max_delay: int
+) -> torch.Tensor:
+    """1-D Gaussian DCLS kernel (O, I, L) in dcls 0.1.1's operation order and (L, O, I, K) layout (bit-exact)."""
+    grid = torch.arange(max_delay, device=P.device, dtype=P.dtype).view(max_delay, 1, 1, 1)
+    x = ((grid - (P[0] + max_delay // 2)) / (SIG[0].abs() + _GAUSS_SIGMA_FLOOR)).abs()
+    x = torch.exp(-0.5 * x ** 2)
+    x = x / (x.sum(0) + _ROUNDED_NORM_EPS)
+    return (x * weight).sum(-1).permute(1, 2, 0)
 
 
 class SynapticDelay(Dcls1d):
@@ -79,6 +93,25 @@ class SynapticDelay(Dcls1d):
     def padding_left_right(self) -> tuple[int, int]:
         return self.max_delay - 1, (self.max_delay - 1) // 2
 
+    def construct_kernel(self) -> torch.Tensor:
+        """The delay kernel (out, in, max_delay): rounded one-hot, or the Gaussian built in dcls 0.1.1's order.
+
+        `Dcls1d` builds the same Gaussian kernel with a separable contraction whose float rounding differs from
+        the reference by ~1e-9. A spiking network turns such differences into occasional flipped spikes (about one
+        per million neuron-steps at SHD scale, after which membrane potentials diverge), so this layer performs the
+        reference's operations in the reference's order and layout, which reproduces its spike trains exactly.
+        """
+        if bool(self.rounded):
+            return self.rounded_kernel()
+        device_type = self.weight.device.type
+        no_autocast = torch.autocast(device_type, enabled=False) if device_type in ("cpu", "cuda") else nullcontext()
+        with no_autocast:
+            if torch.is_grad_enabled() and (self.weight.requires_grad or self.P.requires_grad):
+                # (L, O, I, 1) intermediates are large for 512x512 layers: recompute them in backward instead.
+                return checkpoint(_reference_gauss_delay_kernel, self.weight, self.P, self.SIG, self.max_delay,
+                                  use_reentrant=False, preserve_rng_state=False)
+            return _reference_gauss_delay_kernel(self.weight, self.P, self.SIG, self.max_delay)
+
     def rounded_kernel(self) -> torch.Tensor:
         """One-hot kernel (O, I, max_delay) at ``round(P) + max_delay // 2``, weighted as the reference does."""
         index = (torch.round(self.P[0, :, :, 0]) + self.max_delay // 2).long().clamp_(0, self.max_delay - 1)
@@ -92,10 +125,7 @@ class SynapticDelay(Dcls1d):
         return (self.max_delay // 2 - torch.round(self.P[0, :, :, 0].detach())).long()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.pad(x, self.padding_left_right, "constant", 0.0)
-        if bool(self.rounded):
-            return F.conv1d(x, self.rounded_kernel())
-        return super().forward(x)
+        return super().forward(F.pad(x, self.padding_left_right, "constant", 0.0))
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", max_delay={self.max_delay}"
