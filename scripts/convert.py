@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Convert an original checkpoint into a Hub-ready folder; same as `dcls-zoo convert`.
 
-    python scripts/convert.py dcls_convnext_tiny.bilinear_in1k convnext_dcls_tiny_1k_224_ema.pth out/dcls_convnext_tiny.bilinear_in1k
+    python scripts/convert.py dcls_convnext_tiny.bilinear_in1k convnext_dcls_tiny_1k_224_ema.pth \
+        out/dcls_convnext_tiny.bilinear_in1k
 """
 import sys
 

@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from hub_server import HubServer
 from safetensors.torch import load_file
 
 from dcls_zoo.cli import main as cli_main
 from dcls_zoo.hub import check_folder, push_folder, save_folder
 from dcls_zoo.hub.push import publish_all
-from hub_server import HubServer
 
 ROOT = Path(__file__).resolve().parents[1]
 ORG = "dcls-zoo-test"

@@ -9,6 +9,11 @@ from .cards import FACTS, HUB_ORG, ModelFacts, hub_id, model_card, published_mod
 from .convert import ConversionReport, convert_checkpoint  # noqa: F401
 from .push import PushPlan, check_can_push, check_folder, push_folder  # noqa: F401
 from .save import (  # noqa: F401
-    apply_tie_map, check_state_dict_fits, load_folder, load_state_dict_file, load_weights, save_folder,
+    apply_tie_map,
+    check_state_dict_fits,
+    load_folder,
+    load_state_dict_file,
+    load_weights,
+    save_folder,
     save_state_dict,
 )

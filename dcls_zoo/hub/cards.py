@@ -297,7 +297,8 @@ model = AutoModelForSequenceClassification.from_pretrained("{repo_id}", num_labe
         example = ("data_config = timm.data.resolve_model_data_config(model)\n"
                    "transform = timm.data.create_transform(**data_config, is_training=False)\n"
                    "x = transform(image).unsqueeze(0)  # image: a PIL image")
-    dcls_import = "from dcls_zoo.layers import clamp_dcls_parameters, dcls_position_parameter_names\n" if has_dcls else ""
+    dcls_import = ("from dcls_zoo.layers import clamp_dcls_parameters, dcls_position_parameter_names\n"
+                   if has_dcls else "")
     optimizer = _DCLS_OPTIMIZER if has_dcls else _PLAIN_OPTIMIZER
     return f'''## How to use
 
@@ -412,7 +413,7 @@ def model_card(name: str, model: Optional[nn.Module] = None, org: str = HUB_ORG)
             "",
         ]
         if facts.metric_value is not None:
-            lines += [f"| data set | metric | value |", "|---|---|---|",
+            lines += ["| data set | metric | value |", "|---|---|---|",
                       f"| {facts.dataset_name} | {facts.metric} | {facts.metric_value} |", "",
                       f"{facts.metric_note}; not re-measured by dcls-zoo."]
         else:
@@ -422,9 +423,9 @@ def model_card(name: str, model: Optional[nn.Module] = None, org: str = HUB_ORG)
     if facts:
         lines += ["## Conversion", "",
                   f"`dcls-zoo convert {name} CHECKPOINT OUT_DIR` loads the original checkpoint through the family's "
-                  "`checkpoint_filter_fn`, writes this folder (`model.safetensors` stores each shared tensor, such as a "
-                  "stage's DCLS positions, once; the ties are restored on load) and checks that the reloaded model's logits equal those of the original-layout "
-                  "load on a fixed input.", ""]
+                  "`checkpoint_filter_fn`, writes this folder (`model.safetensors` stores each shared tensor, such "
+                  "as a stage's DCLS positions, once; the ties are restored on load) and checks that the reloaded "
+                  "model's logits equal those of the original-layout load on a fixed input.", ""]
     content = f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)
     return ModelCard(content)
 
