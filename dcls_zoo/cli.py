@@ -121,6 +121,9 @@ def _run_tag(args: argparse.Namespace) -> int:
     try:
         if args.top < 1 or args.clip_seconds <= 0:
             raise ValueError("--top must be >= 1 and --clip-seconds > 0")
+        audio_models = timm.list_models(module=["audio_convnext", "dcls_audio"])
+        if args.model.split(".")[0] not in audio_models:
+            raise ValueError(f"--model must be an audio tagging model, one of: {', '.join(audio_models)}")
         waveform, rate = read_audio(args.audio)
         if waveform.shape[0] > 1:
             print(f"dcls-zoo tag: averaging {waveform.shape[0]} channels to mono", file=sys.stderr)
