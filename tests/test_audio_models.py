@@ -489,6 +489,8 @@ def test_tag_command_prints_the_models_top_labels(tmp_path, capsys):
     write_wav(tmp_path / "16k.wav", stereo[:1], 16000)
     assert main(["tag", str(tmp_path / "16k.wav"), "--checkpoint", str(tmp_path / "full.pth")]) == 1
     assert "16000 Hz" in capsys.readouterr().err
+    assert main(["tag", str(tmp_path / "clip.wav"), "--model", "resnet18", "--checkpoint", "unused.pth"]) == 1
+    assert "audio tagging model" in capsys.readouterr().err
     write_wav(tmp_path / "empty.wav", torch.zeros(1, 0), SR)
     assert main(["tag", str(tmp_path / "empty.wav"), "--checkpoint", str(tmp_path / "full.pth")]) == 1
     assert "empty" in capsys.readouterr().err
