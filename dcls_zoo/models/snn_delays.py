@@ -44,7 +44,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._features import feature_take_indices
 from torch.utils.checkpoint import checkpoint
 
-from ..layers.dcls import Dcls1d, clamp_dcls_parameters
+from ..layers.dcls import Dcls1d, clamp_dcls_parameters, dcls_position_parameter_names
 from ..layers.spiking import LIFNeuron, TimeSharedDropout
 
 __all__ = [
@@ -295,6 +295,11 @@ class SnnDelays(nn.Module):
     def blocks_delay_layers(self) -> List[SynapticDelay]:
         return [blk.delay for blk in self.blocks]
 
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """Delay positions and (frozen) widths are never weight-decayed."""
+        return dcls_position_parameter_names(self)
+
     def clamp_parameters(self) -> None:
         """Clamp every delay position to ±(max_delay // 2); call after each optimizer step."""
         clamp_dcls_parameters(self)
@@ -419,7 +424,7 @@ class SigmaSchedule:
     Args:
         model: any module holding `Dcls1d` layers (all share one sigma).
         epochs: total training epochs; ``final_epoch = epochs // 4`` unless given.
-        sigma_init: SIG at the start (default: read from the model).
+        sigma_init: SIG at the start of training (default: the model's `sigma_init`, else its current SIG).
     """
 
     def __init__(
@@ -429,7 +434,9 @@ class SigmaSchedule:
         if not self.layers:
             raise ValueError("SigmaSchedule: the model has no Dcls1d layer with a SIG parameter")
         self.final_epoch = epochs // 4 if final_epoch is None else final_epoch
-        self.sigma_init = float(self.sigma if sigma_init is None else sigma_init)
+        if sigma_init is None:  # the model's initial width, not the current one (which may be mid-schedule)
+            sigma_init = getattr(model, "sigma_init", None) or self.sigma
+        self.sigma_init = float(sigma_init)
         self.factor = (SIGMA_FINAL / self.sigma_init) ** (1 / self.final_epoch) if self.final_epoch > 0 else 1.0
 
     @property
