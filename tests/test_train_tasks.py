@@ -157,3 +157,32 @@ def test_snn_events_columns_are_binned_like_snn_delays(tmp_path):
     first = trainer.train_set[0]["inputs"].numpy()
     # events at 0, 5 and 31 ms after the first spike -> frames 0, 0, 3 (ceil(31 / 10) = 4 frames)
     np.testing.assert_array_equal(first, [[2, 0], [0, 0], [0, 0], [0, 1]])
+
+
+def test_shd_event_files_bin_exactly_as_the_snn_reader(tmp_path):
+    """A folder of SHD-layout HDF5 files trains through `datasets`; frames equal `SpikingAudioDataset`'s."""
+    h5py = pytest.importorskip("h5py")
+    from dcls_zoo.data.spikes import SpikingAudioDataset
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 6), ("test", 4)):
+        with h5py.File(tmp_path / f"shd_{split}.h5", "w") as f:
+            grp = f.create_group("spikes")
+            times = grp.create_dataset("times", (n,), dtype=h5py.vlen_dtype(np.dtype("float16")))
+            units = grp.create_dataset("units", (n,), dtype=h5py.vlen_dtype(np.dtype("uint16")))
+            for i in range(n):
+                k = int(rng.integers(20, 60))
+                times[i] = np.sort(rng.uniform(0.0, 0.3, k)).astype("float16")
+                units[i] = rng.integers(0, 700, k).astype("uint16")
+            f.create_dataset("labels", data=np.arange(n, dtype="uint16") % 3)
+    cfg = TrainConfig(
+        task="snn", model="snn_delays_shd", dataset=str(tmp_path), input_column="times,units", snn_channels=700,
+        snn_channel_bins=5, model_kwargs=dict(hidden_sizes=[8], max_delay=5), batch_size=2, max_steps=2,
+        output_dir=str(tmp_path / "out"), report_to="none", progress=False)
+    trainer = Trainer(cfg)
+    assert trainer.eval_split == "test" and trainer.adapter.num_classes == 3
+    reference = SpikingAudioDataset(tmp_path / "shd_train.h5")
+    for i in range(6):
+        np.testing.assert_array_equal(trainer.train_set[i]["inputs"].numpy(), reference[i][0].numpy())
+    results = trainer.train()
+    assert np.isfinite(results["eval"]["eval_loss"])

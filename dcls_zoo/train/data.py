@@ -105,6 +105,55 @@ def load_audio_folder(root: str):
     return datasets.DatasetDict(out)
 
 
+SPIKE_SPLIT_SUFFIXES = {"train": "train", "test": "test", "valid": "validation", "validation": "validation"}
+
+
+def load_spike_event_files(root: str):
+    """SHD/SSC HDF5 event files (`<name>_train.h5`, `<name>_test.h5`, `<name>_valid.h5`) in `root` as a
+    `DatasetDict` with columns `times` (seconds, the file's float dtype), `units` and `label` (ClassLabel).
+
+    Train with `--input-column times,units --snn-channels 700 --snn-channel-bins 5` (the `snn-delays-shd` preset);
+    SHD has no validation file, so, as in the SNN-delays recipe, its test file is the evaluation split.
+    """
+    import datasets
+
+    try:
+        import h5py
+    except ImportError as err:
+        raise ImportError("reading SHD/SSC HDF5 files needs h5py: pip install 'dcls-zoo[snn]'") from err
+    files = {}
+    for name in sorted(os.listdir(root)):
+        stem, ext = os.path.splitext(name)
+        suffix = stem.rsplit("_", 1)[-1]
+        if ext in (".h5", ".hdf5") and suffix in SPIKE_SPLIT_SUFFIXES:
+            files[SPIKE_SPLIT_SUFFIXES[suffix]] = os.path.join(root, name)
+    if "train" not in files:
+        raise ValueError(f"{root}: no <name>_train.h5 event file")
+    raw = {}
+    for split, path in files.items():
+        with h5py.File(path, "r") as f:
+            missing = [k for k in ("spikes/times", "spikes/units", "labels") if k not in f]
+            if missing:
+                raise ValueError(f"{path} is not an SHD/SSC event file: it lacks {', '.join(missing)}")
+            raw[split] = (list(f["spikes/times"][()]), list(f["spikes/units"][()]),
+                          np.asarray(f["labels"][()], dtype=np.int64))
+    num_classes = int(max(int(r[2].max()) for r in raw.values())) + 1
+    time_dtype = str(next(iter(raw.values()))[0][0].dtype)
+    features = datasets.Features({
+        "times": datasets.Sequence(datasets.Value(time_dtype)),
+        "units": datasets.Sequence(datasets.Value("int32")),
+        "label": datasets.ClassLabel(num_classes=num_classes),
+    })
+    return datasets.DatasetDict({
+        split: datasets.Dataset.from_dict({"times": t, "units": [u.astype(np.int32) for u in units], "label": y},
+                                          features=features)
+        for split, (t, units, y) in raw.items()})
+
+
+def _is_spike_event_folder(path: str) -> bool:
+    return any(n.endswith((".h5", ".hdf5")) for n in os.listdir(path))
+
+
 def _is_audio_folder(path: str) -> bool:
     for _, _, files in os.walk(path):
         if any(f.lower().endswith(AUDIO_EXTENSIONS) for f in files):
@@ -127,6 +176,8 @@ def _load_any(name: str, config_name: str | None):
         if os.path.exists(os.path.join(name, "dataset_dict.json")) or os.path.exists(os.path.join(name, "state.json")):
             loaded = datasets.load_from_disk(name)
             return loaded if isinstance(loaded, datasets.DatasetDict) else datasets.DatasetDict(train=loaded)
+        if _is_spike_event_folder(name):
+            return load_spike_event_files(name)
         if not _torchcodec_available() and _is_audio_folder(name):
             return load_audio_folder(name)
         # datasets infers the builder (imagefolder, audiofolder, text, parquet, ...) from the files' extensions

@@ -415,6 +415,13 @@ class SnnClassification(TaskAdapter):
     main_metric = "accuracy"
     greater_is_better = True
 
+    def check_data(self, train, evaluation, eval_split):
+        super().check_data(train, evaluation, eval_split)
+        # event times go back to the data set's own float type before binning: the original binning does its
+        # arithmetic in that type, and frame boundaries must agree exactly
+        feature = train.features[self.input_column.split(",")[0].strip()]
+        self.times_dtype = np.dtype(getattr(getattr(feature, "feature", None), "dtype", "float64"))
+
     def setup_inputs(self, model):
         self.data_config = {"bin_ms": self.cfg.snn_bin_ms, "channels": self.cfg.snn_channels,
                             "channel_bins": self.cfg.snn_channel_bins}
@@ -425,7 +432,8 @@ class SnnClassification(TaskAdapter):
             if self.cfg.snn_channels is None:
                 raise ValueError("spike events (times, units) need --snn-channels")
             # the SNN-delays binning (ms frames from the first spike, neighbouring channels summed)
-            frames = bin_spike_events(row[columns[0]], row[columns[1]], duration_ms=self.cfg.snn_bin_ms,
+            times = np.asarray(row[columns[0]], dtype=self.times_dtype)
+            frames = bin_spike_events(times, np.asarray(row[columns[1]]), duration_ms=self.cfg.snn_bin_ms,
                                       num_channels=self.cfg.snn_channels, channel_bins=self.cfg.snn_channel_bins)
         else:
             frames = np.asarray(row[columns[0]], dtype=np.float32)
