@@ -77,12 +77,7 @@ def _pointed_at(hub, hf_home):
 def _tiny_gpt2_variant():
     from transformers import CONFIG_MAPPING, AutoConfig, AutoModelForCausalLM
 
-    try:
-        import dcls_zoo.lm  # noqa: F401  (registers ortho_gpt2; explicit until `import dcls_zoo` imports it)
-    except ImportError:
-        return None
-    if GPT2_MODEL_TYPE not in CONFIG_MAPPING:
-        return None
+    assert GPT2_MODEL_TYPE in CONFIG_MAPPING, "`import dcls_zoo` (conftest) registers dcls_zoo.lm's ortho_gpt2"
     config = AutoConfig.for_model(GPT2_MODEL_TYPE, vocab_size=64, n_positions=32, n_embd=16, n_layer=2, n_head=2,
                                   bos_token_id=0, eos_token_id=0)
     torch.manual_seed(0)
@@ -104,11 +99,9 @@ with torch.no_grad():
     b = load_folder(timm_id).eval()
     result.update(timm=a(x['image']), zoo=b(x['image']),
                   distinct_P=torch.tensor(len({id(m.P) for m in a.modules() if type(m).__name__ == 'Dcls2d'})))
-    if lm_id != '-':
-        import dcls_zoo.lm
-        from transformers import AutoModelForCausalLM
-        lm = AutoModelForCausalLM.from_pretrained(lm_id).eval()
-        result['logits'] = lm(x['tokens']).logits.contiguous()
+    from transformers import AutoModelForCausalLM
+    lm = AutoModelForCausalLM.from_pretrained(lm_id).eval()
+    result['logits'] = lm(x['tokens']).logits.contiguous()
 save_file(result, out)
 """
 
@@ -118,8 +111,8 @@ LM_REPO = f"{ORG}/ortho_gpt2_tiny.push_test"
 
 @pytest.fixture(scope="module")
 def round_trip(hub, tmp_path_factory):
-    """Push a DCLS-ConvNeXt (by the `dcls-zoo push` command, in its own process) and, once dcls_zoo.lm has landed,
-    a GPT-2 variant (by the same command in this process); then pull both back in a fresh process."""
+    """Push a DCLS-ConvNeXt (by the `dcls-zoo push` command, in its own process) and a GPT-2 variant (by the same
+    command in this process); then pull both back in a fresh process."""
     tmp = tmp_path_factory.mktemp("round_trip")
     torch.manual_seed(0)
     convnext = timm.create_model("dcls_convnext_atto", num_classes=7).eval()
@@ -127,16 +120,15 @@ def round_trip(hub, tmp_path_factory):
     push_out = _run([sys.executable, "-m", "dcls_zoo.cli", "push", str(convnext_folder), "--repo-id", TIMM_REPO],
                     _env(hub, tmp / "push_home"))
     lm = _tiny_gpt2_variant()
-    if lm is not None:
-        lm_folder = save_folder(lm, tmp / "gpt2_variant", model_name="ortho_gpt2_tiny.push_test")
-        with _pointed_at(hub, tmp / "push_cache"):
-            assert cli_main(["push", str(lm_folder), "--repo-id", LM_REPO]) == 0
+    lm_folder = save_folder(lm, tmp / "gpt2_variant", model_name="ortho_gpt2_tiny.push_test")
+    with _pointed_at(hub, tmp / "push_cache"):
+        assert cli_main(["push", str(lm_folder), "--repo-id", LM_REPO]) == 0
     inputs = {"image": torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)),
               "tokens": torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(2))}
     torch.save(inputs, tmp / "inputs.pt")
     (tmp / "pull_home").mkdir()
-    _run([sys.executable, "-c", _PULL, str(tmp / "out.safetensors"), str(tmp / "inputs.pt"), TIMM_REPO,
-          LM_REPO if lm is not None else "-"], _env(hub, tmp / "pull_home"))
+    _run([sys.executable, "-c", _PULL, str(tmp / "out.safetensors"), str(tmp / "inputs.pt"), TIMM_REPO, LM_REPO],
+         _env(hub, tmp / "pull_home"))
     return dict(convnext=convnext, convnext_folder=convnext_folder, lm=lm, inputs=inputs, push_out=push_out,
                 pulled=load_file(tmp / "out.safetensors"))
 
@@ -159,8 +151,6 @@ def test_dcls_convnext_pulled_by_hub_id_gives_identical_outputs(round_trip):
 
 
 def test_gpt2_variant_pulled_by_hub_id_gives_identical_outputs(hub, round_trip):
-    if round_trip["lm"] is None:
-        pytest.skip(f"the GPT-2 variant classes ({GPT2_MODEL_TYPE!r}, dcls_zoo.lm, issue 4) have not landed yet")
     assert json.loads(hub.files(LM_REPO)["config.json"])["model_type"] == GPT2_MODEL_TYPE
     assert not [p for p in hub.files(LM_REPO) if p.endswith((".bin", ".pt", ".pth", ".pkl"))]
     with torch.no_grad():

@@ -7,7 +7,7 @@
 """
 from .cards import FACTS, HUB_ORG, ModelFacts, hub_id, model_card, published_models, write_cards  # noqa: F401
 from .convert import ConversionReport, convert_checkpoint  # noqa: F401
-from .push import PushPlan, check_can_push, check_folder, push_folder  # noqa: F401
+from .push import PushPlan, check_can_push, check_folder, publish_all, push_folder  # noqa: F401
 from .save import (  # noqa: F401
     apply_tie_map,
     check_state_dict_fits,
