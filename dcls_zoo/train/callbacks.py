@@ -68,6 +68,7 @@ class MetricsLogger(Callback):
 
     def __init__(self, path: str):
         self.path = path
+        self._losses: list[float] = []
 
     def _write(self, trainer, record: dict[str, Any]) -> None:
         if not trainer.accelerator.is_main_process:
@@ -79,9 +80,13 @@ class MetricsLogger(Callback):
             trainer.accelerator.log(values, step=record["step"])
 
     def on_step_end(self, trainer):
+        self._losses.append(trainer.last_loss)
         if trainer.global_step % trainer.cfg.log_every == 0 or trainer.global_step == trainer.total_steps:
+            # mean training loss over the steps since the last record
+            loss = sum(self._losses) / len(self._losses)
+            self._losses.clear()
             self._write(trainer, {"step": trainer.global_step, "epoch": round(trainer.epoch_progress, 4),
-                                  "loss": trainer.last_loss, "lr": trainer.current_lr,
+                                  "loss": loss, "lr": trainer.current_lr,
                                   "samples_per_second": round(trainer.samples_per_second, 2)})
 
     def on_evaluate(self, trainer, metrics):
@@ -112,7 +117,7 @@ def plot_training_curves(records: list[dict[str, Any]], path: str, main_metric: 
     eval_keys = [k for k in (f"eval_{main_metric}", "eval_loss") if any(k in r for r in evals)]
     fig, axes = plt.subplots(1, 2 + (len(eval_keys) > 1), figsize=(4.2 * (2 + (len(eval_keys) > 1)), 3.4))
     ax = axes[0]
-    ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss")
+    ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss (augmented)")
     if "eval_loss" in eval_keys:
         ax.plot([r["step"] for r in evals], [r["eval_loss"] for r in evals], "o-", label="eval loss")
     ax.set_xlabel("optimizer step")

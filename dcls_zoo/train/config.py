@@ -143,8 +143,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         task="image", model="dcls_convnext_atto", dataset="digits", img_size=32, in_chans=1,
         model_kwargs=dict(dcls_dilated_kernel_size=7, dcls_kernel_count=13),
         mean=(0.5,), std=(0.5,), interpolation="bilinear", crop_pct=1.0, scale=(0.7, 1.0), ratio=(0.9, 1.1), hflip=0.0,
-        epochs=15, batch_size=64, opt="adamw", lr=3e-3, weight_decay=0.05, warmup_epochs=1.0,
-        sched="cosine", smoothing=0.1, drop_path=0.0, seed=0,
+        epochs=10, batch_size=64, opt="adamw", lr=3e-3, weight_decay=0.05, warmup_epochs=1.0,
+        sched="cosine", smoothing=0.1, drop_path=0.0, seed=0, hub_model_id="dcls_convnext_atto.digits",
     ),
     # ConvNeXt-dcls ImageNet-1k (ICLR 2023): AdamW lr 4e-3 at total batch 4096, wd 0.05, 300 epochs, 20 warmup,
     # cosine to 1e-6, RandAug m9, mixup 0.8, cutmix 1.0, smoothing 0.1, random erasing 0.25, EMA 0.9999.

@@ -25,6 +25,10 @@ from .trainer import CURVES_FILE, Trainer
 _logger = logging.getLogger(__name__)
 
 
+TASK_NAMES = {"image": "image classification", "audio": "audio tagging", "lm": "causal language modelling",
+              "snn": "spiking-network classification"}
+
+
 def _write_json(path: str, values: dict[str, Any]) -> None:
     with open(path, "w") as f:
         json.dump(values, f, indent=2, sort_keys=True)
@@ -76,8 +80,8 @@ def model_card(trainer: Trainer, results: dict[str, Any], command: str) -> str:
     body = f"""
 # {name}
 
-`{cfg.model}` ({n_params:,} parameters) trained by [dcls-zoo](https://github.com/dcls-zoo/dcls-zoo) for
-{cfg.task} on **{dataset_id}** ({trainer.num_train_samples} training rows, evaluated on split
+`{cfg.model}` ({n_params:,} parameters{", EMA weights" if cfg.model_ema_decay else ""}) trained with dcls-zoo
+for {TASK_NAMES[cfg.task]} on **{dataset_id}** ({trainer.num_train_samples} training rows, evaluated on split
 `{trainer.eval_split}`, {trainer.num_eval_samples} rows).
 
 ## Result
