@@ -134,14 +134,35 @@ def hermite_to_monomial(degree: int, scheme: str = "default") -> list[list[float
     return rows
 
 
-def _horner(x: torch.Tensor, coefficients: Sequence[torch.Tensor]) -> torch.Tensor:
-    """sum_j c_j x^j with 0-dim tensor coefficients (lowest power first); result in x's dtype."""
+def _scalars(values: torch.Tensor, like: torch.Tensor) -> list:
+    """The few coefficients as scalars for elementwise ops on ``like``.
+
+    Python floats on CPU (0-dim tensor operands take a slower, unvectorised path there, about 2x per pass);
+    0-dim tensors in ``like``'s dtype elsewhere, so that CUDA never waits for a device-to-host copy.
+    """
+    if like.device.type == "cpu":
+        return values.detach().double().tolist()
+    return list(values.to(like.dtype).unbind(0))
+
+
+def _affine(x: torch.Tensor, a, b, out: torch.Tensor | None = None) -> torch.Tensor:
+    """a * x + b (a, b from `_scalars`)."""
+    return torch.mul(x, a, out=out).add_(b) if out is not None else torch.mul(x, a).add_(b)
+
+
+def _axpy_(y: torch.Tensor, a, z: torch.Tensor) -> torch.Tensor:
+    """y += a * z in place (a from `_scalars`)."""
+    return y.add_(z, alpha=a) if isinstance(a, float) else y.addcmul_(z, a)
+
+
+def _horner(x: torch.Tensor, coefficients: Sequence, out: torch.Tensor | None = None) -> torch.Tensor:
+    """sum_j c_j x^j (lowest power first, scalars from `_scalars`); result in x's dtype."""
     n = len(coefficients) - 1
     if n == 0:
-        return torch.zeros_like(x).add_(coefficients[0])
-    y = torch.addcmul(coefficients[n - 1], x, coefficients[n])
+        return (torch.empty_like(x) if out is None else out).fill_(coefficients[0])
+    y = _affine(x, coefficients[n], coefficients[n - 1], out=out)
     for j in range(n - 2, -1, -1):
-        y = torch.addcmul(coefficients[j], y, x, out=y)
+        y.mul_(x).add_(coefficients[j])
     return y
 
 
@@ -151,7 +172,7 @@ class _PolynomialFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, monomial: torch.Tensor, lim: torch.Tensor | None):
         ctx.save_for_backward(x, monomial, lim)
-        coefficients = list(monomial.to(x.dtype).unbind(0))
+        coefficients = _scalars(monomial, x)
         u = x if lim is None else torch.tanh(x * 0.5).mul_(lim.to(x.dtype))
         return _horner(u, coefficients)
 
@@ -159,7 +180,7 @@ class _PolynomialFunction(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         x, monomial, lim = ctx.saved_tensors
         grad = grad.contiguous()
-        coefficients = list(monomial.to(x.dtype).unbind(0))
+        coefficients = _scalars(monomial, x)
         if lim is None:
             t, u = None, x
         else:
@@ -180,13 +201,7 @@ class _PolynomialFunction(torch.autograd.Function):
             grad_m = torch.stack(sums).to(monomial.dtype)
         if need_x or need_lim:
             derivative = [coefficients[j] * j for j in range(1, len(coefficients))]
-            buf = torch.empty_like(u) if buf is None else buf
-            if len(derivative) == 1:
-                buf.fill_(derivative[0])
-            else:
-                torch.addcmul(derivative[-2], u, derivative[-1], out=buf)
-                for j in range(len(derivative) - 3, -1, -1):
-                    torch.addcmul(derivative[j], buf, u, out=buf)
+            buf = _horner(u, derivative, out=torch.empty_like(u) if buf is None else buf)
             grad_u = buf.mul_(grad)
             if need_lim:
                 grad_lim = _sum(grad_u * t).to(lim.dtype)
@@ -361,36 +376,35 @@ class _FourierFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, fundamental, phases, coefficients, grid, scale):
         ctx.save_for_backward(x, fundamental, phases, coefficients, grid, scale)
-        dt = x.dtype
-        weights = (coefficients * scale).to(dt).unbind(0)
-        w, phi = grid.to(dt).unbind(0), phases.to(dt).unbind(0)
-        y = torch.empty_like(x).fill_(fundamental.to(dt).reshape(()))
+        weights = _scalars(coefficients * scale, x)
+        w, phi = _scalars(grid, x), _scalars(-phases, x)
+        y = torch.empty_like(x).fill_(_scalars(fundamental, x)[0])
         z = torch.empty_like(x)
         for k in range(len(weights)):
-            torch.addcmul(-phi[k], x, w[k], out=z).cos_()
-            y.addcmul_(z, weights[k])
+            _affine(x, w[k], phi[k], out=z).cos_()
+            _axpy_(y, weights[k], z)
         return y
 
     @staticmethod
     def backward(ctx, grad):
         x, fundamental, phases, coefficients, grid, scale = ctx.saved_tensors
         grad = grad.contiguous()
-        dt = x.dtype
         need_x, need_f, need_phi, need_c, need_w = ctx.needs_input_grad[:5]
         n = coefficients.numel()
         weights = coefficients * scale
-        w_t, phi_t, weights_t = grid.to(dt).unbind(0), phases.to(dt).unbind(0), weights.to(dt).unbind(0)
+        w_t, phi_t = _scalars(grid, x), _scalars(-phases, x)
+        slope_t = _scalars(-(weights * grid), x)
         grad_x = torch.zeros_like(x) if need_x else None
         sum_cos, sum_gsin, sum_gsin_x = [], [], []
         z = torch.empty_like(x)
         buf = torch.empty_like(x) if (need_c or need_phi or need_w) else None
         for k in range(n):
-            torch.addcmul(-phi_t[k], x, w_t[k], out=z)
+            _affine(x, w_t[k], phi_t[k], out=z)
             if need_c:
                 sum_cos.append(_sum(torch.cos(z, out=buf).mul_(grad)))
             z.sin_()
             if need_x:
-                grad_x.addcmul_(z, -(weights_t[k] * w_t[k]))
+                _axpy_(grad_x, slope_t[k], z)
             if need_phi or need_w:
                 torch.mul(grad, z, out=buf)
                 sum_gsin.append(_sum(buf))
@@ -538,13 +552,12 @@ class _MaxAffineFunction(torch.autograd.Function):
                                             intercepts.detach().double().cpu().tolist())
         ctx.save_for_backward(x, slopes, intercepts)
         ctx.scale, ctx.hull, ctx.breakpoints = scale, hull, breakpoints
-        s = (slopes * scale).to(x.dtype)
-        c = (intercepts * scale).to(x.dtype)
-        y = torch.addcmul(c[hull[0]], x, s[hull[0]])
+        s, c = _scalars(slopes * scale, x), _scalars(intercepts * scale, x)
+        y = _affine(x, s[hull[0]], c[hull[0]])
         if len(hull) > 1:
             line = torch.empty_like(x)
             for i in hull[1:]:
-                torch.maximum(y, torch.addcmul(c[i], x, s[i], out=line), out=y)
+                torch.maximum(y, _affine(x, s[i], c[i], out=line), out=y)
         return y
 
     @staticmethod
@@ -553,8 +566,8 @@ class _MaxAffineFunction(torch.autograd.Function):
         scale, hull, breakpoints = ctx.scale, ctx.hull, ctx.breakpoints
         grad = grad.contiguous()
         need_x, need_s, need_c = ctx.needs_input_grad[:3]
-        s = (slopes * scale).to(x.dtype)
-        slope_map = torch.full_like(x, 0.0).add_(s[hull[0]]) if need_x else None
+        s = _scalars(slopes * scale, x)
+        slope_map = torch.empty_like(x).fill_(s[hull[0]]) if need_x else None
         grad_times_x = grad * x if need_s else None
         # tail sums: sum over elements right of breakpoint i (i = 0 means everything)
         tail_g = [_sum(grad)] if need_c else []
@@ -564,7 +577,7 @@ class _MaxAffineFunction(torch.autograd.Function):
         for i, b in enumerate(breakpoints):
             torch.gt(x, b, out=mask)  # 1.0 right of the breakpoint, in x's dtype
             if need_x:
-                slope_map.addcmul_(mask, s[hull[i + 1]] - s[hull[i]])
+                _axpy_(slope_map, s[hull[i + 1]] - s[hull[i]], mask)
             if need_s:
                 tail_gx.append(_sum(torch.mul(mask, grad_times_x, out=masked)))
             if need_c:
