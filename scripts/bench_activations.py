@@ -129,9 +129,9 @@ def run(args: argparse.Namespace) -> tuple[list[dict], dict]:
                          ratio=statistics.median(ratios),
                          cpu_ratio=statistics.median(cpu_ratios) if device.type == "cpu" else float("nan"),
                          saved_mb=memory / 2**20, saved_ratio=memory / gelu_saved))
-        print(f"{name:32s} {rows[-1]['ms']:9.2f} ms  [GELU {rows[-1]['gelu_ms']:.2f}]  x{rows[-1]['ratio']:7.2f} "
-              f"(CPU time x{rows[-1]['cpu_ratio']:.2f})  saved {rows[-1]['saved_mb']:8.1f} MB "
-              f"(x{rows[-1]['saved_ratio']:.1f})", flush=True)
+        cpu = "" if device.type != "cpu" else f" (CPU time x{rows[-1]['cpu_ratio']:.2f})"
+        print(f"{name:32s} {rows[-1]['ms']:9.2f} ms  [GELU {rows[-1]['gelu_ms']:.2f}]  x{rows[-1]['ratio']:7.2f}{cpu}"
+              f"  saved {rows[-1]['saved_mb']:8.1f} MB (x{rows[-1]['saved_ratio']:.1f})", flush=True)
         del act
     info = dict(shape=tuple(args.shape), device=_device_name(device), dtype=args.dtype,
                 threads=torch.get_num_threads(), torch=torch.__version__, pairs=args.pairs, warmup=args.warmup,

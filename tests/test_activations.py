@@ -323,3 +323,17 @@ def test_activation_parameter_names_and_factory():
     assert model[1].degree == 5 and model[3].degree == 3
     assert activation_parameter_names(model) == {"1.fundamental", "1.phases", "1.coefficients", "1.grid",
                                                   "3.coefficients", "3.clamp.lim_val"}
+
+
+def test_tensor_scalar_path_used_off_cpu_matches(monkeypatch):
+    """Off CPU the coefficients stay 0-dim device tensors (no host sync); run that path here and compare."""
+    import dcls_zoo.layers.activations as module
+
+    monkeypatch.setattr(module, "_scalars", lambda values, like: list(values.to(like.dtype).unbind(0)))
+    for ref_cls, our_cls, degree in [(torchortho.HermiteActivation, HermiteActivation, 3),
+                                     (torchortho.FourierActivation, FourierActivation, 5),
+                                     (torchortho.TropicalActivation, TropicalActivation, 5)]:
+        ref, ours = ref_cls(degree), our_cls(degree)
+        ours.load_state_dict(ref.state_dict())
+        _compare(ref, ours, *_inputs(seed=degree))
+    assert HermiteActivation(3, clamp=True)(torch.randn(5, dtype=torch.bfloat16)).dtype == torch.bfloat16
