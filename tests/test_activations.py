@@ -1,7 +1,9 @@
 """Learnable Hermite / Fourier / tropical activations: parity with torchortho 0.1.2, gradients, moments, dtype."""
 import copy
+import importlib
 import math
 import os
+import sys
 
 import pytest
 import torch
@@ -42,6 +44,7 @@ def _inputs(n=4096, seed=0):
 
 
 def _run(module, x, upstream):
+    module.zero_grad(set_to_none=True)
     x = x.clone().requires_grad_()
     y = module(x)
     y.backward(upstream.to(y.dtype))
@@ -52,6 +55,7 @@ def _compare(ref, ours, x, upstream):
     """Output and input gradient against torchortho (fp32); parameter gradients against torchortho evaluated
     in float64 (its fp32 parameter gradients are sums over every element and themselves drift from the exact
     value by up to ~5e-5 relative), and against torchortho fp32 within that drift."""
+    ref.zero_grad(set_to_none=True)
     ref64 = copy.deepcopy(ref).double()
     y_ref, gx_ref, gp_ref = _run(ref, x, upstream)
     y_ours, gx_ours, gp_ours = _run(ours, x, upstream)
@@ -337,3 +341,42 @@ def test_tensor_scalar_path_used_off_cpu_matches(monkeypatch):
         ours.load_state_dict(ref.state_dict())
         _compare(ref, ours, *_inputs(seed=degree))
     assert HermiteActivation(3, clamp=True)(torch.randn(5, dtype=torch.bfloat16)).dtype == torch.bfloat16
+
+
+@pytest.fixture(scope="module")
+def torchortho_legacy():
+    """torchortho 0.1.1 (the legacy scheme's origin), fetched from PyPI at test time and imported on the side."""
+    from third_party_fetch import FetchError, fetch_wheel
+
+    try:
+        root = str(fetch_wheel("torchortho", "0.1.1"))
+    except FetchError as error:
+        pytest.skip(f"torchortho 0.1.1 unavailable: {error}")
+    installed = {k: sys.modules.pop(k) for k in list(sys.modules) if k.split(".")[0] == "torchortho"}
+    sys.path.insert(0, root)
+    try:
+        legacy = importlib.import_module("torchortho")
+        assert legacy.__file__.startswith(root)
+    finally:
+        sys.path.remove(root)
+        for k in [k for k in sys.modules if k.split(".")[0] == "torchortho"]:
+            del sys.modules[k]
+        sys.modules.update(installed)
+    return legacy
+
+
+@pytest.mark.parametrize("name,degree", [("HermiteActivation", 3), ("HermiteActivation", 6), ("FourierActivation", 5),
+                                         ("TropicalActivation", 5)])
+def test_legacy_scheme_parity_with_torchortho_0_1_1(torchortho_legacy, name, degree):
+    ref = getattr(torchortho_legacy, name)(degree)
+    ours = {"HermiteActivation": HermiteActivation, "FourierActivation": FourierActivation,
+            "TropicalActivation": TropicalActivation}[name](degree, scheme="legacy")
+    for key, value in ours.state_dict().items():  # same init
+        torch.testing.assert_close(value, ref.state_dict()[key], rtol=1e-6, atol=1e-7)
+    _compare(ref, ours, *_inputs(seed=degree))
+    g = torch.Generator().manual_seed(degree)
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+    ours.load_state_dict(ref.state_dict())  # 0.1.1 state dicts (its buffers included) load into scheme="legacy"
+    _compare(ref, ours, *_inputs(seed=10 + degree))

@@ -1,4 +1,5 @@
-"""Fetch third-party test suites from the source distributions of the installed versions (never committed).
+"""Fetch third-party test code at test time (never committed): test suites from the source distributions of the
+installed versions, and older releases of reference packages.
 
 `fetch_transformers_tests()` downloads the transformers sdist matching `transformers.__version__` with pip,
 extracts the common test modules into `tests/third_party/transformers_tests/` (gitignored) and writes small
@@ -60,6 +61,35 @@ def _pip_download_sdist(package: str, version: str, dest: Path) -> Path:
     if result.returncode != 0 or not archives:
         raise FetchError(f"pip download {package}=={version} failed: {result.stderr.strip()[-500:]}")
     return archives[0]
+
+
+def fetch_wheel(package: str, version: str) -> Path:
+    """Unpack the pure-Python wheel `package==version` into `tests/third_party/<package>-<version>/` and return
+    that folder (put it first on `sys.path` to import that version). Raises `FetchError` if pip cannot get it."""
+    import zipfile
+
+    target = THIRD_PARTY / f"{package}-{version}"
+    marker = target / "COMPLETE"
+    if marker.is_file():
+        return target
+    THIRD_PARTY.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=THIRD_PARTY) as tmp:
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "--quiet",
+                   "--disable-pip-version-check", "-d", tmp, f"{package}=={version}"]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        wheels = sorted(Path(tmp).glob("*.whl"))
+        if result.returncode != 0 or not wheels:
+            raise FetchError(f"pip download {package}=={version} failed: {result.stderr.strip()[-500:]}")
+        staging = Path(tmp) / "unpacked"
+        with zipfile.ZipFile(wheels[0]) as wheel:
+            wheel.extractall(staging)
+        (staging / "COMPLETE").write_text(f"{package}=={version}\n")
+        if target.exists():
+            import shutil
+
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    return target
 
 
 def fetch_transformers_tests(version: str | None = None) -> Path:
