@@ -240,3 +240,29 @@ def test_weight_ema_averages_tied_positions_once():
     ema.update(model, step=1)
     torch.testing.assert_close(ema.module.stages[2].blocks[0].conv_dw.P, start + 0.25)
     torch.testing.assert_close(ema.module.head.fc.weight, model.head.fc.weight - 0.75)
+
+
+def test_cli_train_runs_the_digits_job_and_prints_both_accuracies(tmp_path, capsys):
+    """`dcls-zoo train` (README command 1) on a slice of the digits, through the command line."""
+    from dcls_zoo.cli import main
+
+    out = tmp_path / "digits"
+    assert main(["train", "--epochs", "1", "--max-train-samples", "128", "--output-dir", str(out),
+                 "--report-to", "none", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    results = json.load(open(out / "all_results.json"))
+    assert f"test accuracy after training: {results['eval_accuracy']:.4f}; after reloading local-dir:{out}: " \
+           f"{results['reload_eval_accuracy']:.4f}" in printed
+    assert results["eval_samples"] == 360 and results["train_samples"] == 128
+    config = json.load(open(out / "config.json"))
+    assert config["pretrained_cfg"]["input_size"] == [1, 32, 32] and config["label_names"] == list("0123456789")
+    assert "dcls-zoo train --preset digits --max-train-samples 128 --epochs 1" in open(out / "README.md").read()
+
+
+def test_cli_train_bad_input_is_one_line(tmp_path, capsys, image_folder):
+    from dcls_zoo.cli import main
+
+    assert main(["train", "--dataset", image_folder, "--label-column", "target", "--output-dir",
+                 str(tmp_path / "o"), "--report-to", "none"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # earlier lines: datasets' progress bars
+    assert err.startswith("dcls-zoo train: error: split 'train' has no column 'target'; its columns are image, label")
