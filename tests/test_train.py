@@ -266,3 +266,11 @@ def test_cli_train_bad_input_is_one_line(tmp_path, capsys, image_folder):
                  str(tmp_path / "o"), "--report-to", "none"]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]  # earlier lines: datasets' progress bars
     assert err.startswith("dcls-zoo train: error: split 'train' has no column 'target'; its columns are image, label")
+
+
+def test_resume_refuses_changed_settings(tmp_path, image_folder):
+    Trainer(tiny_image_config(tmp_path, image_folder, max_steps=4, save_every=2)).train()
+    with pytest.raises(ValueError, match=r"other settings \(lr=0.005 now 0.001\)"):
+        Trainer(tiny_image_config(tmp_path, image_folder, max_steps=4, save_every=2, lr=1e-3, resume=True)).train()
+    with pytest.raises(FileNotFoundError, match="--resume: no checkpoint in"):
+        Trainer(tiny_image_config(tmp_path / "fresh", image_folder, max_steps=2, resume=True)).train()

@@ -37,6 +37,9 @@ from .tasks import TASK_ADAPTERS, TaskAdapter
 
 _logger = logging.getLogger(__name__)
 
+# settings that may change between a run and its resumption without changing the result
+RESUME_FREE_FIELDS = {"resume", "output_dir", "progress", "report_to", "log_every", "num_workers", "save_every",
+                      "keep_checkpoints", "eval_batch_size", "save_model", "hub_model_id"}
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_PREFIX = "step_"
 TRAINER_STATE = "trainer_state.json"
@@ -236,6 +239,12 @@ class Trainer:
         step, path = checkpoints[-1]
         with open(os.path.join(path, TRAINER_STATE)) as f:
             state = json.load(f)
+        saved, now = state.get("config", {}), self.cfg.to_dict()
+        changed = [k for k in now if k not in RESUME_FREE_FIELDS and k in saved and saved[k] != now[k]]
+        if changed:
+            raise ValueError(f"--resume: {path} was written with other settings ("
+                             + ", ".join(f"{k}={saved[k]!r} now {now[k]!r}" for k in changed)
+                             + "); an exact continuation needs the same ones")
         self.accelerator.load_state(path)
         self.global_step = state["global_step"]
         self.eval_history = state.get("eval_history", [])
