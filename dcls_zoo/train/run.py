@@ -67,6 +67,13 @@ def model_card(trainer: Trainer, results: dict[str, Any], command: str) -> str:
             dataset_split=trainer.eval_split, metric_type=metric_id, metric_value=round(float(value), 4))],
     )
     n_params = sum(p.numel() for p in trainer.final_model().parameters())
+    details = ""
+    if cfg.model_kwargs:
+        details += f"\nModel arguments: `{json.dumps(cfg.model_kwargs)}`."
+    if "input_size" in adapter.data_config:
+        dc = adapter.data_config
+        details += (f"\nInput: {tuple(dc['input_size'])} (channels, height, width), {dc['interpolation']} resize, "
+                    f"mean {tuple(round(m, 4) for m in dc['mean'])}, std {tuple(round(v, 4) for v in dc['std'])}.")
     load = ('from transformers import AutoModelForCausalLM\nimport dcls_zoo  # registers the model classes\n'
             'model = AutoModelForCausalLM.from_pretrained("<this folder or repo id>")' if cfg.task == "lm" else
             'import timm\nimport dcls_zoo  # registers the models with timm (timm has no plugin discovery)\n'
@@ -83,6 +90,7 @@ def model_card(trainer: Trainer, results: dict[str, Any], command: str) -> str:
 `{cfg.model}` ({n_params:,} parameters{", EMA weights" if cfg.model_ema_decay else ""}) trained with dcls-zoo
 for {TASK_NAMES[cfg.task]} on **{dataset_id}** ({trainer.num_train_samples} training rows, evaluated on split
 `{trainer.eval_split}`, {trainer.num_eval_samples} rows).
+{details}
 
 ## Result
 
