@@ -191,3 +191,15 @@ def test_frozen_model_is_plain_scriptable_and_equal():
         assert not any(isinstance(m, Dcls2d) for m in frozen.modules())
         scripted = torch.jit.script(frozen)
         torch.testing.assert_close(scripted(x), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_fine_tuning_head_replacement_is_announced(tmp_path, caplog):
+    model = timm.create_model("dcls_convnext_atto")
+    path = tmp_path / "in1k.pth"
+    torch.save(model.state_dict(), path)
+    with caplog.at_level(logging.WARNING, logger="dcls_zoo.models._builder"):
+        tuned = timm.create_model("dcls_convnext_atto", pretrained=True, num_classes=10,
+                                  pretrained_cfg_overlay=dict(file=str(path)))
+    assert tuned.get_classifier().out_features == 10
+    assert "1000 classes" in caplog.text and "10 classes" in caplog.text
+    torch.testing.assert_close(tuned.stem[0].weight, model.stem[0].weight)  # the rest is loaded

@@ -179,6 +179,18 @@ def test_pretrained_path_loads_original_checkpoint_and_rounds(tmp_path):
     assert torch.equal(model.forward_potentials(x), oracle(x.transpose(0, 1))[0].transpose(0, 1))
 
 
+def test_own_saved_folder_reloads_as_saved(tmp_path):
+    from dcls_zoo.hub import save_folder
+
+    torch.manual_seed(0)
+    model = timm.create_model("snn_delays_shd", hidden_sizes=(16, 16)).eval()  # training-state delays
+    save_folder(model, tmp_path / "snn")
+    again = timm.create_model(f"local-dir:{tmp_path / 'snn'}", pretrained=True).eval()
+    assert not any(bool(m.rounded) for m in again.delay_layers())
+    x = _spikes(seed=6)
+    assert torch.equal(again.forward_potentials(x), model.forward_potentials(x))
+
+
 def test_rounded_delays_context_restores_training_state():
     _, model = _pair(drop=0.0)
     model.eval()

@@ -2,9 +2,10 @@
 
 Tied parameters: models that share one Parameter between layers (per-stage DCLS positions, shared kernels) have
 checkpoints in two forms — the originals repeat the shared tensor under every layer's name, our safetensors
-folders store it once. `build_dcls_model` wraps each family's filter so that both load: names stored once are
-filled in from the one kept, and repeated copies must agree (loading them into one tensor would otherwise keep
-whichever came last, silently).
+folders store it once. Families decorate their `checkpoint_filter_fn` with `tied_checkpoint_filter` (and
+`build_dcls_model` applies it to any filter that lacks it) so that both load: names stored once are filled in
+from the one kept, and repeated copies must agree (loading them into one tensor would otherwise keep whichever
+came last, silently).
 
 timm fetches `url` checkpoints with `torch.hub.load_state_dict_from_url(weights_only=True)`, which rejects the
 authors' training checkpoints (they pickle an `argparse.Namespace` next to the weights) and ignores container
@@ -14,6 +15,8 @@ authors used (`state_dict_ema`, `model_ema`, `state_dict`, `model`, in that orde
 """
 from __future__ import annotations
 
+import functools
+import logging
 from typing import Any, Callable, Optional
 
 import torch.nn as nn
@@ -25,17 +28,55 @@ from timm.models._registry import get_pretrained_cfg
 
 from ..layers.replace import check_shared_copies_equal, restore_shared_entries
 
-__all__ = ["build_dcls_model"]
+__all__ = ["build_dcls_model", "tied_checkpoint_filter", "unwrap_checkpoint"]
+
+_logger = logging.getLogger(__name__)
+
+# The containers the authors' training scripts save, in timm's order of preference (EMA weights first).
+CHECKPOINT_CONTAINER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model")
 
 
-def _with_tied_entries(filter_fn: Optional[Callable]) -> Callable:
+def unwrap_checkpoint(checkpoint: dict) -> dict:
+    """The state dict inside a training checkpoint (EMA weights first), without DDP's `module.` prefixes.
+
+    timm's file loader does this already; filters call it too for state dicts handed over directly
+    (`pretrained_cfg_overlay=dict(state_dict=...)`), where it does not.
+    """
+    for key in CHECKPOINT_CONTAINER_KEYS:
+        if isinstance(checkpoint.get(key), dict):
+            checkpoint = checkpoint[key]
+            break
+    return {k.removeprefix("module."): v for k, v in checkpoint.items()}
+
+
+def _warn_if_head_replaced(state_dict: dict, model: nn.Module) -> None:
+    # timm's loader drops a classifier whose size differs from num_classes (a fine-tuning request) and logs it at
+    # info level only; say it where people look, once, with both sizes.
+    classifier = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")
+    for name in [classifier] if isinstance(classifier, str) else (classifier or []):
+        weight = state_dict.get(f"{name}.weight")
+        if weight is not None and weight.shape[0] != getattr(model, "num_classes", weight.shape[0]):
+            _logger.warning(
+                "%s: the checkpoint's classifier %r has %d classes; it is not loaded and a new, randomly initialised "
+                "head of %d classes (num_classes) takes its place", type(model).__name__, name, weight.shape[0],
+                model.num_classes,
+            )
+
+
+def tied_checkpoint_filter(filter_fn: Optional[Callable] = None) -> Callable:
+    """Decorate a family's `checkpoint_filter_fn(state_dict, model)` so that it also handles tied parameters
+    (names stored once are filled in; repeated copies must agree) and announces a replaced classifier."""
+
+    @functools.wraps(filter_fn or (lambda state_dict, model: state_dict))
     def tied_filter(state_dict: dict, model: nn.Module) -> dict:
         if filter_fn is not None:
             state_dict = filter_fn(state_dict, model)
         state_dict = restore_shared_entries(state_dict, model)
         check_shared_copies_equal(state_dict, model)
+        _warn_if_head_replaced(state_dict, model)
         return state_dict
 
+    tied_filter.handles_tied_entries = True
     return tied_filter
 
 
@@ -67,5 +108,7 @@ def build_dcls_model(
     tied parameters restored from either checkpoint form."""
     if pretrained:
         kwargs = _with_url_as_file(variant, kwargs)
-    kwargs["pretrained_filter_fn"] = _with_tied_entries(kwargs.get("pretrained_filter_fn"))
+    filter_fn = kwargs.get("pretrained_filter_fn")
+    if not getattr(filter_fn, "handles_tied_entries", False):
+        kwargs["pretrained_filter_fn"] = tied_checkpoint_filter(filter_fn)
     return build_model_with_cfg(model_cls, variant, pretrained, **kwargs)

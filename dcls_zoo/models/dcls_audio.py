@@ -43,10 +43,9 @@ from timm.models import generate_default_cfgs, register_model
 from timm.models import metaformer as timm_metaformer
 
 from ..data.audioset_labels import AUDIOSET_LABELS
-from ..layers import check_shared_copies_equal, clamp_dcls_parameters, dcls_position_parameter_names, dclsify
+from ..layers import clamp_dcls_parameters, dcls_position_parameter_names, dclsify
 from ..layers.audio import DCLS_AUDIO_FRONTEND, LogMelFrontend
-from ..layers.replace import shared_parameter_groups
-from ._builder import build_dcls_model
+from ._builder import build_dcls_model, tied_checkpoint_filter, unwrap_checkpoint
 
 __all__ = ["ConvNeXtAudio", "MetaFormerAudio", "FastVitAudio", "AUDIO_STEM_KERNEL"]
 
@@ -270,22 +269,14 @@ class FastVitAudio(_AudioModelMixin, timm_fastvit.FastVit):
         return dict(super().group_matcher(coarse), stem=r"^frontend|^stem")
 
 
-def _unwrap(state_dict: dict) -> dict:
-    # timm's file loader already unwraps containers ('model_ema' before 'model'); this covers state dicts passed
-    # directly (pretrained_cfg_overlay=dict(state_dict=...)).
-    for key in ("model_ema", "model", "state_dict"):
-        if isinstance(state_dict.get(key), dict):
-            state_dict = state_dict[key]
-            break
-    return {k.removeprefix("module."): v for k, v in state_dict.items()}
-
-
+@tied_checkpoint_filter
 def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
     """Original DCLS-Audio layouts (FB ConvNeXt, sail-sg MetaFormer, Apple FastViT) -> ours; ours passes through.
 
-    Uses timm's own remaps, then checks that the per-layer copies of each stage's shared DCLS positions agree.
+    Uses timm's own remaps; `tied_checkpoint_filter` then checks that the per-layer copies of each stage's shared DCLS
+    positions agree (or fills them in where a file stores them once).
     """
-    state_dict = _unwrap(state_dict)
+    state_dict = unwrap_checkpoint(state_dict)
     if isinstance(model, FastVitAudio):
         if "stem.weight" not in state_dict:   # ours has the plain-conv stem at 'stem'
             state_dict = timm_fastvit.checkpoint_filter_fn(state_dict, model)
@@ -295,18 +286,6 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
         state_dict = timm_convnext.checkpoint_filter_fn(state_dict, model)
     else:
         raise TypeError(f"checkpoint_filter_fn: unsupported model {type(model).__name__}")
-    check_shared_copies_equal(state_dict, model)
-    return _fill_tied_aliases(state_dict, model)
-
-
-def _fill_tied_aliases(state_dict: dict, model: nn.Module) -> dict:
-    # A file that stores each shared position tensor once (safetensors refuses aliases) lacks the other names;
-    # give them the stored tensor so a strict load sees every key and the model's ties stay as built.
-    for names in shared_parameter_groups(model):
-        present = [n for n in names if n in state_dict]
-        if present:
-            for name in names:
-                state_dict.setdefault(name, state_dict[present[0]])
     return state_dict
 
 

@@ -20,7 +20,7 @@ from timm.models import convnext as timm_convnext
 from timm.models import generate_default_cfgs, register_model
 
 from ..layers import clamp_dcls_parameters, dcls_position_parameter_names, dclsify
-from ._builder import build_dcls_model
+from ._builder import build_dcls_model, tied_checkpoint_filter
 
 __all__ = ["DclsConvNeXt"]
 
@@ -92,10 +92,11 @@ class DclsConvNeXt(timm_convnext.ConvNeXt):
         clamp_dcls_parameters(self)
 
 
+@tied_checkpoint_filter
 def checkpoint_filter_fn(state_dict: dict, model: DclsConvNeXt) -> dict:
     """Original ConvNeXt-dcls layout (`{'model': ...}`, FB key names) → timm layout; timm layout passes through.
 
-    Every block of a stage stores a copy of the stage's positions; `build_dcls_model` checks that the copies
+    Every block of a stage stores a copy of the stage's positions; `tied_checkpoint_filter` checks that the copies
     agree (they do in the released checkpoints) since the model keeps one shared tensor per stage.
     """
     return timm_convnext.checkpoint_filter_fn(state_dict, model)

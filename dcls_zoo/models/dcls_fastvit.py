@@ -24,13 +24,11 @@ from timm.models import fastvit as timm_fastvit
 from timm.models import generate_default_cfgs, register_model
 from timm.models.fastvit import FastVit, RepConditionalPosEnc
 
-from ..layers import DclsNd, check_shared_copies_equal, clamp_dcls_parameters, dcls_position_parameter_names, dclsify
-from ..layers.replace import restore_shared_entries
-from ._builder import build_dcls_model
+from ..layers import DclsNd, clamp_dcls_parameters, dcls_position_parameter_names, dclsify
+from ._builder import build_dcls_model, tied_checkpoint_filter, unwrap_checkpoint
 
 __all__ = ["DclsFastVit", "DclsRepConditionalPosEnc", "checkpoint_filter_fn"]
 
-_CONTAINER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model")
 
 
 def _is_7x7_depthwise(name: str, conv: nn.Conv2d) -> bool:
@@ -89,20 +87,16 @@ class DclsFastVit(FastVit):
         clamp_dcls_parameters(self)
 
 
+@tied_checkpoint_filter
 def checkpoint_filter_fn(state_dict: dict[str, Any], model: DclsFastVit) -> dict[str, torch.Tensor]:
     """Apple ml-fastvit layout (or timm layout), optionally inside a train.py container -> this model's keys.
 
     Key renames are timm's own FastViT filter (`network.i.B.convffn.conv.conv.*` -> `stages.s.blocks.B.mlp.conv
     .conv.*`, `network.6.pe.*` -> `stages.3.pos_emb.pos_enc.*`). A stage's shared positions may be stored under
-    every layer (the originals) or once (`dcls_zoo.hub`); differing copies raise ValueError.
+    every layer (the originals) or once (`dcls_zoo.hub`): `tied_checkpoint_filter` handles both.
     """
-    for key in _CONTAINER_KEYS:   # timm's filter would otherwise pick 'state_dict' (not the EMA weights)
-        if isinstance(state_dict.get(key), dict):
-            state_dict = state_dict[key]
-            break
-    state_dict = timm_fastvit.checkpoint_filter_fn(state_dict, model)
-    check_shared_copies_equal(state_dict, model)
-    return restore_shared_entries(state_dict, model)
+    state_dict = unwrap_checkpoint(state_dict)  # timm's filter would otherwise pick 'state_dict', not the EMA
+    return timm_fastvit.checkpoint_filter_fn(state_dict, model)
 
 
 def _create_dcls_fastvit(variant: str, pretrained: bool = False, **kwargs: Any) -> DclsFastVit:

@@ -23,13 +23,11 @@ from timm.models import generate_default_cfgs, register_model
 from timm.models import metaformer as timm_metaformer
 from timm.models.metaformer import MetaFormer, MlpHead
 
-from ..layers import check_shared_copies_equal, clamp_dcls_parameters, dcls_position_parameter_names, dclsify
-from ..layers.replace import restore_shared_entries
-from ._builder import build_dcls_model
+from ..layers import clamp_dcls_parameters, dcls_position_parameter_names, dclsify
+from ._builder import build_dcls_model, tied_checkpoint_filter, unwrap_checkpoint
 
 __all__ = ["DclsMetaFormer", "checkpoint_filter_fn"]
 
-_CONTAINER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model")
 
 
 class DclsMetaFormer(MetaFormer):
@@ -93,17 +91,15 @@ class DclsMetaFormer(MetaFormer):
         clamp_dcls_parameters(self)
 
 
+@tied_checkpoint_filter
 def checkpoint_filter_fn(state_dict: dict[str, Any], model: DclsMetaFormer) -> dict[str, torch.Tensor]:
     """sail-sg MetaFormer layout (or timm layout), optionally inside a train.py container -> this model's keys.
 
     Key renames are timm's own MetaFormer filter; DCLS keys (`token_mixer.dwconv.{weight,P}`) pass through it.
-    A stage's shared positions may be stored under every layer (the originals) or once (`dcls_zoo.hub`). Raises
-    ValueError if a key has no counterpart in `model`, or if the per-layer copies of shared positions differ.
+    A stage's shared positions may be stored under every layer (the originals) or once (`dcls_zoo.hub`):
+    `tied_checkpoint_filter` handles both. Raises ValueError if a key has no counterpart in `model`.
     """
-    for key in _CONTAINER_KEYS:
-        if isinstance(state_dict.get(key), dict):
-            state_dict = state_dict[key]
-            break
+    state_dict = unwrap_checkpoint(state_dict)
     if "stem.conv.weight" not in state_dict:
         try:
             state_dict = timm_metaformer.checkpoint_filter_fn(state_dict, model)
@@ -112,8 +108,7 @@ def checkpoint_filter_fn(state_dict: dict[str, Any], model: DclsMetaFormer) -> d
                 f"checkpoint key maps to {e.args[0]!r}, which {type(model).__name__} does not have; expected a "
                 f"sail-sg MetaFormer checkpoint of the same architecture and DCLS config"
             ) from None
-    check_shared_copies_equal(state_dict, model)
-    return restore_shared_entries(state_dict, model)
+    return state_dict
 
 
 def _create_dcls_metaformer(variant: str, pretrained: bool = False, **kwargs: Any) -> DclsMetaFormer:

@@ -18,13 +18,11 @@ import torch.nn as nn
 from timm.models import generate_default_cfgs, register_model
 from timm.models.resnet import Bottleneck, ResNet
 
-from ..layers import check_shared_copies_equal, clamp_dcls_parameters, dcls_position_parameter_names, dclsify
-from ..layers.replace import restore_shared_entries
-from ._builder import build_dcls_model
+from ..layers import clamp_dcls_parameters, dcls_position_parameter_names, dclsify
+from ._builder import build_dcls_model, tied_checkpoint_filter, unwrap_checkpoint
 
 __all__ = ["DclsResNet", "checkpoint_filter_fn"]
 
-_CONTAINER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model")
 
 
 def _is_3x3_conv(name: str, conv: nn.Conv2d) -> bool:
@@ -67,18 +65,14 @@ class DclsResNet(ResNet):
         clamp_dcls_parameters(self)
 
 
+@tied_checkpoint_filter
 def checkpoint_filter_fn(state_dict: dict[str, Any], model: DclsResNet) -> dict[str, torch.Tensor]:
     """timm-layout checkpoint, optionally inside a train.py container -> this model's keys.
 
-    A stage's shared positions may be stored under every layer (the originals) or once (`dcls_zoo.hub`); differing
-    copies raise ValueError.
+    A stage's shared positions may be stored under every layer (the originals) or once (`dcls_zoo.hub`):
+    `tied_checkpoint_filter` handles both.
     """
-    for key in _CONTAINER_KEYS:
-        if isinstance(state_dict.get(key), dict):
-            state_dict = state_dict[key]
-            break
-    check_shared_copies_equal(state_dict, model)
-    return restore_shared_entries(state_dict, model)
+    return unwrap_checkpoint(state_dict)
 
 
 def _create_dcls_resnet(variant: str, pretrained: bool = False, **kwargs: Any) -> DclsResNet:

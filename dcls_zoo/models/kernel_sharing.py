@@ -29,14 +29,14 @@ import torch
 import torch.nn as nn
 from timm.layers import SEModule, get_device_dtype
 from timm.layers.classifier import create_classifier
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 from timm.models.convmixer import ConvMixer
 from timm.models.resnet import BasicBlock, downsample_conv
 
-from ..layers.replace import check_shared_copies_equal, restore_shared_entries
 from ..layers import sharing
+from ._builder import build_dcls_model, tied_checkpoint_filter
 
 __all__ = ["KernelSharingConvMixer", "SEResNetCifar", "checkpoint_filter_fn"]
 
@@ -289,22 +289,23 @@ def _se_resnet_filter(state_dict: dict, model: SEResNetCifar) -> dict:
     return out
 
 
+@tied_checkpoint_filter
 def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
-    """Original layouts → ours (timm layouts pass through); shared copies are checked and missing aliases filled."""
+    """Original layouts → ours (timm layouts pass through); `tied_checkpoint_filter` then checks the shared copies and
+    fills in names stored once."""
     if isinstance(model, KernelSharingConvMixer):
         state_dict = _convmixer_filter(state_dict, model)
     elif isinstance(model, SEResNetCifar):
         state_dict = _se_resnet_filter(state_dict, model)
     else:
         raise TypeError(f"checkpoint_filter_fn expects a kernel-sharing model, got {type(model).__name__}")
-    check_shared_copies_equal(state_dict, model)
-    return restore_shared_entries(state_dict, model)
+    return state_dict
 
 
 # ------------------------------------------------------------------------------------------------ creation
 
 def _create_convmixer(variant: str, pretrained: bool = False, **kwargs: Any) -> KernelSharingConvMixer:
-    return build_model_with_cfg(
+    return build_dcls_model(
         KernelSharingConvMixer, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=kwargs.pop("out_indices", 3), feature_cls="getter"),
@@ -316,7 +317,7 @@ def _create_se_resnet(
     variant: str, pretrained: bool, depth: int, share: bool, **kwargs: Any
 ) -> SEResNetCifar:
     kwargs = dict(dict(depth=depth, share_kernels=share), **kwargs)
-    return build_model_with_cfg(
+    return build_dcls_model(
         SEResNetCifar, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=(0, 1, 2, 3)),

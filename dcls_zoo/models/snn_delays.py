@@ -40,12 +40,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import get_device_dtype
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch.utils.checkpoint import checkpoint
 
 from ..layers.dcls import Dcls1d, clamp_dcls_parameters, dcls_position_parameter_names
 from ..layers.spiking import LIFNeuron, TimeSharedDropout
+from ._builder import build_dcls_model, tied_checkpoint_filter
 
 __all__ = [
     "SnnDelays", "SynapticDelay", "SigmaSchedule", "snn_delays_param_groups", "clamp_delays", "rounded_delays",
@@ -516,6 +517,7 @@ def export_integer_delays(model: nn.Module) -> dict[str, dict[str, torch.Tensor]
 
 # ------------------------------------------------------------------------------------------ checkpoints
 
+@tied_checkpoint_filter
 def checkpoint_filter_fn(state_dict: dict, model: SnnDelays) -> dict:
     """Original layout (``model.{k}`` of the `nn.Sequential`: Dcls1d, BatchNorm, LIF, Dropout per hidden layer, then
     the read-out Dcls1d) -> ours; our own layout passes through. Rounding buffers absent from original checkpoints
@@ -545,14 +547,21 @@ def checkpoint_filter_fn(state_dict: dict, model: SnnDelays) -> dict:
 
 
 def _create_snn_delays(variant: str, pretrained: bool = False, **kwargs: Any) -> SnnDelays:
-    model = build_model_with_cfg(
+    loaded_original_layout = []
+
+    def filter_fn(state_dict: dict, model: SnnDelays) -> dict:
+        loaded_original_layout.append(any(k.startswith("model.") for k in state_dict))
+        return checkpoint_filter_fn(state_dict, model)
+
+    model = build_dcls_model(
         SnnDelays, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
+        pretrained_filter_fn=filter_fn,
         feature_cfg=dict(out_indices=kwargs.pop("out_indices", (0, 1)), feature_cls="getter", output_fmt="NLC"),
         **kwargs,
     )
-    if pretrained:
-        # Checkpoints hold training-state (Gaussian) delays; the published accuracies use rounded delays.
+    if any(loaded_original_layout):
+        # The authors' checkpoints hold training-state (Gaussian) delays; their published accuracies use rounded
+        # delays. Our own folders (dcls_zoo.hub) are loaded exactly as they were saved.
         convert_delays_for_inference(model)
     return model
 
