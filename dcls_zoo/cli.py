@@ -15,11 +15,18 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--filter", default="*", help="wildcard on model names (default: all)")
     p.add_argument("--forward", action="store_true", help="also run one forward pass of each on random input")
     p.add_argument("--markdown", action="store_true", help="print a Markdown table (as in the README)")
+    p.add_argument("--write-readme", metavar="README", help="rewrite the model table of this README file")
 
 
 def _run_models(args: argparse.Namespace) -> int:
-    from .registry import model_table, format_model_table
+    from pathlib import Path
 
+    from .registry import format_model_table, model_table, update_readme
+
+    if args.write_readme:
+        changed = update_readme(Path(args.write_readme))
+        print(f"{args.write_readme}: model table {'updated' if changed else 'already up to date'}")
+        return 0
     rows = model_table(args.filter, forward=args.forward)
     print(format_model_table(rows, markdown=args.markdown, forward=args.forward))
     return 0
@@ -150,9 +157,9 @@ def _run_tag(args: argparse.Namespace) -> int:
 COMMANDS: list[tuple[str, Callable, Callable]] = [
     ("models", _add_models, _run_models),
     ("tag", _add_tag, _run_tag),
+    ("train", _add_train, _run_train),
     ("convert", _add_convert, _run_convert),
     ("push", _add_push, _run_push),
-    ("train", _add_train, _run_train),
 ]
 
 
