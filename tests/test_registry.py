@@ -40,3 +40,19 @@ def test_models_command_runs_a_forward_pass(capsys):
 def test_console_script_help():
     result = subprocess.run([sys.executable, "-m", "dcls_zoo.cli", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "models" in result.stdout
+
+
+def test_import_registers_everything_without_network():
+    # Sockets refuse to connect in the child; HF_HUB_OFFLINE is unset so a hidden download would show.
+    code = (
+        "import socket\n"
+        "def refuse(*a, **k):\n    raise RuntimeError('network access at import')\n"
+        "socket.socket.connect = refuse\nsocket.create_connection = refuse\n"
+        "import timm, transformers, dcls_zoo\n"
+        "assert 'dcls_convnext_tiny' in timm.list_models('dcls_*')\n"
+        "assert transformers.AutoConfig.for_model('ortho_gpt2').model_type == 'ortho_gpt2'\n"
+        "timm.create_model('dcls_convnext_atto')\n"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if k != "HF_HUB_OFFLINE"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -1,9 +1,17 @@
 """Building blocks with no knowledge of any model family."""
+from .activations import (  # noqa: F401
+    FourierActivation, HermiteActivation, TropicalActivation, TropicalRationalActivation, activation_parameter_names,
+    create_activation, fit_activation,
+)
+from .audio import LogMelFrontend, SpecAugment  # noqa: F401
 from .dcls import (  # noqa: F401
     DCLS_VERSIONS, Dcls1d, Dcls2d, Dcls3d, DclsNd, clamp_dcls_parameters, construct_dcls_kernel,
     dcls_position_parameter_names,
 )
+from .metrics import average_precision_per_class, mean_average_precision  # noqa: F401
 from .replace import (  # noqa: F401
     check_shared_copies_equal, dclsify, default_stage_groups, freeze_dcls, is_depthwise_conv2d,
     restore_shared_entries, shared_parameter_groups, tie_dcls_positions,
 )
+from .sharing import share_kernels  # noqa: F401
+from .spiking import LIFNeuron, TimeSharedDropout  # noqa: F401
