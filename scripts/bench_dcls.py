@@ -62,7 +62,8 @@ def measure(batch: int, repeats: int, device: str) -> list[dict]:
             rows.append(row)
             print(f"{row['version']:>12} {row['shape']:>14}  time {row['t_ours'] * 1e3:8.1f} / "
                   f"{row['t_ref'] * 1e3:8.1f} ms = {row['t_ours'] / row['t_ref']:.2f}   saved "
-                  f"{row['m_ours'] / 2**20:7.1f} / {row['m_ref'] / 2**20:7.1f} MiB = {row['m_ours'] / row['m_ref']:.3f}",
+                  f"{row['m_ours'] / 2**20:7.1f} / {row['m_ref'] / 2**20:7.1f} MiB = "
+                  f"{row['m_ours'] / row['m_ref']:.3f}",
                   flush=True)
     return rows
 
@@ -105,7 +106,8 @@ def to_markdown(rows: list[dict], args: argparse.Namespace) -> str:
 
 
 def write_section(section: str, path: Path, begin: str = BEGIN, end: str = END) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n\nWritten by `scripts/bench_*.py`; rerun them to update.\n"
+    empty = "# Benchmarks\n\nWritten by `scripts/bench_*.py`; rerun them to update.\n"
+    text = path.read_text() if path.exists() else empty
     if begin in text and end in text:
         head, rest = text.split(begin, 1)
         text = head + section + rest.split(end, 1)[1]
@@ -129,9 +131,10 @@ def main() -> None:
     if not args.no_write:
         out = args.output
         if args.device == "cuda":  # keep the CPU and GPU tables side by side
-            section = section.replace(BEGIN, "<!-- bench_dcls_cuda:begin -->").replace(END, "<!-- bench_dcls_cuda:end -->")
+            begin, end = "<!-- bench_dcls_cuda:begin -->", "<!-- bench_dcls_cuda:end -->"
+            section = section.replace(BEGIN, begin).replace(END, end)
             section = section.replace("## DCLS operator", "## DCLS operator on CUDA")
-            write_section(section, out, "<!-- bench_dcls_cuda:begin -->", "<!-- bench_dcls_cuda:end -->")
+            write_section(section, out, begin, end)
         else:
             write_section(section, out)
 

@@ -25,7 +25,8 @@ def parity(lines: list[str]) -> None:
     from DCLS.construct import modules as ref
 
     lines += ["## Parity on CUDA (fp32, max |ours - ref| / max |ref|)", "",
-              "| layer | version | output | input grad | weight grad | P grad | SIG grad |", "|---|---|---|---|---|---|---|"]
+              "| layer | version | output | input grad | weight grad | P grad | SIG grad |",
+              "|---|---|---|---|---|---|---|"]
     worst = 0.0
     for ndim, ours_cls, ref_cls in ((1, Dcls1d, ref.Dcls1d), (2, Dcls2d, ref.Dcls2d), (3, Dcls3d, ref.Dcls3d)):
         for version in ("v0", "v1", "gauss", "max"):
@@ -77,7 +78,8 @@ def whole_model(lines: list[str]) -> None:
               "| model | peak ours (MiB) | peak ref (MiB) | ratio | time ours (ms) | time ref (ms) | ratio |",
               "|---|---|---|---|---|---|---|"]
     x = torch.randn(8, 3, 224, 224, device="cuda")
-    for name, version, dks, count in (("dcls_convnext_tiny", "v0", 17, 34), ("dcls_gauss_convnext_tiny", "gauss", 23, 26)):
+    cases = (("dcls_convnext_tiny", "v0", 17, 34), ("dcls_gauss_convnext_tiny", "gauss", 23, 26))
+    for name, version, dks, count in cases:
         ours = timm.create_model(name).cuda().train()
         ref = reference_convnext(version, dks, count).cuda().train()
         ref.load_state_dict(ours.state_dict())

@@ -2,8 +2,9 @@
 
 timm's wheel has no tests; its source distribution on PyPI has `tests/test_models.py` for exactly that version.
 This script downloads the sdist (pip, ~3 MB, a few seconds), extracts the file into `tests/third_party/timm/`
-(git-ignored: third-party code is never committed; the download is cached there) and writes a `conftest.py` there that keeps only the items
-parametrised with a dcls_zoo model. Run it before pytest (the README's test command does).
+(git-ignored: third-party code is never committed; the download is cached there) and writes a `conftest.py`
+there that keeps only the items parametrised with a dcls_zoo model.
+Run it before pytest (the README's test command does).
 
     python scripts/fetch_third_party_tests.py [--dest tests/third_party]
 """

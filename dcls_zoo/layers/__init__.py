@@ -5,7 +5,7 @@ from .activations import (  # noqa: F401
 )
 from .audio import LogMelFrontend, SpecAugment  # noqa: F401
 from .dcls import (  # noqa: F401
-    DCLS_VERSIONS, Dcls1d, Dcls2d, Dcls3d, DclsNd, clamp_dcls_parameters, construct_dcls_kernel,
+    DCLS_VERSIONS, Dcls1d, Dcls2d, Dcls3d, DclsModelMixin, DclsNd, clamp_dcls_parameters, construct_dcls_kernel,
     dcls_position_parameter_names,
 )
 from .metrics import average_precision_per_class, mean_average_precision  # noqa: F401

@@ -61,7 +61,7 @@ from timm.layers import register_notrace_module
 
 __all__ = [
     "Dcls1d", "Dcls2d", "Dcls3d", "DclsNd", "DCLS_VERSIONS", "construct_dcls_kernel",
-    "clamp_dcls_parameters", "dcls_position_parameter_names",
+    "clamp_dcls_parameters", "dcls_position_parameter_names", "DclsModelMixin",
 ]
 
 DCLS_VERSIONS = ("v0", "v1", "gauss", "max")
@@ -378,6 +378,21 @@ def clamp_dcls_parameters(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, DclsNd):
             module.clamp_parameters()
+
+
+class DclsModelMixin:
+    """What every model with DCLS layers offers: timm's optimizer factory reads `no_weight_decay()`, and training
+    loops call `clamp_parameters()` after each optimizer step (as the original recipes do)."""
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """DCLS positions and widths (P, SIG) are trained without weight decay."""
+        return dcls_position_parameter_names(self)
+
+    @torch.jit.ignore
+    def clamp_parameters(self) -> None:
+        """Clamp every DCLS layer's positions to its grid (each shared tensor once)."""
+        clamp_dcls_parameters(self)
 
 
 def dcls_position_parameter_names(model: nn.Module) -> set[str]:

@@ -43,7 +43,7 @@ from timm.models import generate_default_cfgs, register_model
 from timm.models import metaformer as timm_metaformer
 
 from ..data.audioset_labels import AUDIOSET_LABELS
-from ..layers import clamp_dcls_parameters, dcls_position_parameter_names, dclsify
+from ..layers import DclsModelMixin, dclsify
 from ..layers.audio import DCLS_AUDIO_FRONTEND, LogMelFrontend
 from ._builder import build_dcls_model, tied_checkpoint_filter, unwrap_checkpoint
 
@@ -68,7 +68,7 @@ def _is_dw7x7(name: str, conv: nn.Conv2d) -> bool:
     return conv.groups == conv.in_channels == conv.out_channels and conv.kernel_size == (7, 7)
 
 
-class _AudioModelMixin:
+class _AudioModelMixin(DclsModelMixin):
     """What the three families add to their timm class: the optional waveform front-end and DCLS helpers.
 
     Must come first in the bases so its `forward_intermediates` runs the front-end before the timm class's. Each
@@ -96,13 +96,6 @@ class _AudioModelMixin:
             x = self.frontend(x)
         return super().forward_intermediates(x, *args, **kwargs)
 
-    def no_weight_decay(self) -> set[str]:
-        """DCLS positions and widths train without weight decay (as in the original recipe)."""
-        return dcls_position_parameter_names(self)
-
-    def clamp_parameters(self) -> None:
-        """Clamp DCLS positions to their grid; call after each optimizer step (no-op without DCLS)."""
-        clamp_dcls_parameters(self)
 
 
 class ConvNeXtAudio(_AudioModelMixin, timm_convnext.ConvNeXt):

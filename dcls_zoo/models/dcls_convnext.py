@@ -19,7 +19,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import convnext as timm_convnext
 from timm.models import generate_default_cfgs, register_model
 
-from ..layers import clamp_dcls_parameters, dcls_position_parameter_names, dclsify
+from ..layers import DclsModelMixin, dclsify
 from ._builder import build_dcls_model, tied_checkpoint_filter
 
 __all__ = ["DclsConvNeXt"]
@@ -29,7 +29,7 @@ def _is_block_dwconv(name: str, conv) -> bool:
     return name.endswith(".conv_dw") and conv.groups == conv.in_channels == conv.out_channels
 
 
-class DclsConvNeXt(timm_convnext.ConvNeXt):
+class DclsConvNeXt(DclsModelMixin, timm_convnext.ConvNeXt):
     """timm `ConvNeXt` whose block depthwise convs are `Dcls2d` with positions tied per stage.
 
     Args (in addition to timm's ConvNeXt arguments):
@@ -83,13 +83,6 @@ class DclsConvNeXt(timm_convnext.ConvNeXt):
             kernel_count=dcls_kernel_count, conv_filter=_is_block_dwconv,
         )
 
-    def no_weight_decay(self) -> set[str]:
-        """DCLS positions (and widths) are trained without weight decay, as in the original recipe."""
-        return dcls_position_parameter_names(self)
-
-    def clamp_parameters(self) -> None:
-        """Clamp every stage's positions to the dilated grid; call after each optimizer step."""
-        clamp_dcls_parameters(self)
 
 
 @tied_checkpoint_filter
@@ -148,30 +141,34 @@ default_cfgs = generate_default_cfgs({
     "dcls_convnext_nano": _cfg(),
 })
 
-_BILINEAR_17 = dict(dcls_version="v0", dcls_dilated_kernel_size=17)
+_BILINEAR_17 = dict(dcls_version="v0", dcls_dilated_kernel_size=17)  # the ICLR 2023 configuration
 
 
 @register_model
 def dcls_convnext_atto(pretrained: bool = False, **kwargs: Any) -> DclsConvNeXt:
-    model_args = dict(depths=(2, 2, 6, 2), dims=(40, 80, 160, 320), conv_mlp=True, dcls_kernel_count=34, **_BILINEAR_17)
+    model_args = dict(depths=(2, 2, 6, 2), dims=(40, 80, 160, 320), conv_mlp=True,
+                      dcls_kernel_count=34, **_BILINEAR_17)
     return _create_dcls_convnext("dcls_convnext_atto", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def dcls_convnext_femto(pretrained: bool = False, **kwargs: Any) -> DclsConvNeXt:
-    model_args = dict(depths=(2, 2, 6, 2), dims=(48, 96, 192, 384), conv_mlp=True, dcls_kernel_count=34, **_BILINEAR_17)
+    model_args = dict(depths=(2, 2, 6, 2), dims=(48, 96, 192, 384), conv_mlp=True,
+                      dcls_kernel_count=34, **_BILINEAR_17)
     return _create_dcls_convnext("dcls_convnext_femto", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def dcls_convnext_pico(pretrained: bool = False, **kwargs: Any) -> DclsConvNeXt:
-    model_args = dict(depths=(2, 2, 6, 2), dims=(64, 128, 256, 512), conv_mlp=True, dcls_kernel_count=34, **_BILINEAR_17)
+    model_args = dict(depths=(2, 2, 6, 2), dims=(64, 128, 256, 512), conv_mlp=True,
+                      dcls_kernel_count=34, **_BILINEAR_17)
     return _create_dcls_convnext("dcls_convnext_pico", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def dcls_convnext_nano(pretrained: bool = False, **kwargs: Any) -> DclsConvNeXt:
-    model_args = dict(depths=(2, 2, 8, 2), dims=(80, 160, 320, 640), conv_mlp=True, dcls_kernel_count=34, **_BILINEAR_17)
+    model_args = dict(depths=(2, 2, 8, 2), dims=(80, 160, 320, 640), conv_mlp=True,
+                      dcls_kernel_count=34, **_BILINEAR_17)
     return _create_dcls_convnext("dcls_convnext_nano", pretrained=pretrained, **dict(model_args, **kwargs))
 
 

@@ -24,7 +24,7 @@ from timm.models import fastvit as timm_fastvit
 from timm.models import generate_default_cfgs, register_model
 from timm.models.fastvit import FastVit, RepConditionalPosEnc
 
-from ..layers import DclsNd, clamp_dcls_parameters, dcls_position_parameter_names, dclsify
+from ..layers import DclsModelMixin, DclsNd, dclsify
 from ._builder import build_dcls_model, tied_checkpoint_filter, unwrap_checkpoint
 
 __all__ = ["DclsFastVit", "DclsRepConditionalPosEnc", "checkpoint_filter_fn"]
@@ -48,7 +48,7 @@ class DclsRepConditionalPosEnc(RepConditionalPosEnc):
         super().reparameterize()
 
 
-class DclsFastVit(FastVit):
+class DclsFastVit(DclsModelMixin, FastVit):
     """timm's `FastVit` whose 7x7 depthwise convs are `Dcls2d` layers with per-stage shared positions.
 
     Args:
@@ -77,14 +77,6 @@ class DclsFastVit(FastVit):
             kernel_count=dcls_kernel_count, conv_filter=_is_7x7_depthwise,
         )
 
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set[str]:
-        """DCLS positions are trained without weight decay, as in the original recipe."""
-        return dcls_position_parameter_names(self)
-
-    def clamp_parameters(self) -> None:
-        """Clamp every stage's positions to the dilated grid; call after each optimizer step."""
-        clamp_dcls_parameters(self)
 
 
 @tied_checkpoint_filter

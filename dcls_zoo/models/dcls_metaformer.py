@@ -23,14 +23,14 @@ from timm.models import generate_default_cfgs, register_model
 from timm.models import metaformer as timm_metaformer
 from timm.models.metaformer import MetaFormer, MlpHead
 
-from ..layers import clamp_dcls_parameters, dcls_position_parameter_names, dclsify
+from ..layers import DclsModelMixin, dclsify
 from ._builder import build_dcls_model, tied_checkpoint_filter, unwrap_checkpoint
 
 __all__ = ["DclsMetaFormer", "checkpoint_filter_fn"]
 
 
 
-class DclsMetaFormer(MetaFormer):
+class DclsMetaFormer(DclsModelMixin, MetaFormer):
     """timm's `MetaFormer` whose depthwise token-mixer convs are `Dcls2d` layers with per-stage shared positions.
 
     Args:
@@ -81,14 +81,6 @@ class DclsMetaFormer(MetaFormer):
             ],
         )
 
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set[str]:
-        """DCLS positions are trained without weight decay, as in the original recipe."""
-        return dcls_position_parameter_names(self)
-
-    def clamp_parameters(self) -> None:
-        """Clamp every stage's positions to the dilated grid; call after each optimizer step."""
-        clamp_dcls_parameters(self)
 
 
 @tied_checkpoint_filter

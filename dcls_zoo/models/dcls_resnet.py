@@ -18,7 +18,7 @@ import torch.nn as nn
 from timm.models import generate_default_cfgs, register_model
 from timm.models.resnet import Bottleneck, ResNet
 
-from ..layers import clamp_dcls_parameters, dcls_position_parameter_names, dclsify
+from ..layers import DclsModelMixin, dclsify
 from ._builder import build_dcls_model, tied_checkpoint_filter, unwrap_checkpoint
 
 __all__ = ["DclsResNet", "checkpoint_filter_fn"]
@@ -29,7 +29,7 @@ def _is_3x3_conv(name: str, conv: nn.Conv2d) -> bool:
     return tuple(conv.kernel_size) == (3, 3)
 
 
-class DclsResNet(ResNet):
+class DclsResNet(DclsModelMixin, ResNet):
     """timm's `ResNet` whose 3x3 convs are `Dcls2d` layers with per-stage shared positions.
 
     Args:
@@ -55,14 +55,6 @@ class DclsResNet(ResNet):
             kernel_count=dcls_kernel_count, conv_filter=_is_3x3_conv,
         )
 
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set[str]:
-        """DCLS positions are trained without weight decay, as in the original recipe."""
-        return dcls_position_parameter_names(self)
-
-    def clamp_parameters(self) -> None:
-        """Clamp every stage's positions to the dilated grid; call after each optimizer step."""
-        clamp_dcls_parameters(self)
 
 
 @tied_checkpoint_filter

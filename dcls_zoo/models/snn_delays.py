@@ -44,7 +44,7 @@ from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch.utils.checkpoint import checkpoint
 
-from ..layers.dcls import Dcls1d, clamp_dcls_parameters, dcls_position_parameter_names
+from ..layers.dcls import Dcls1d, DclsModelMixin, clamp_dcls_parameters
 from ..layers.spiking import LIFNeuron, TimeSharedDropout
 from ._builder import build_dcls_model, tied_checkpoint_filter
 
@@ -172,7 +172,7 @@ class DelayReadout(nn.Module):
         return self.lif.forward_with_potential(x)[1]
 
 
-class SnnDelays(nn.Module):
+class SnnDelays(DclsModelMixin, nn.Module):
     """Feed-forward LIF network with learnable synaptic delays (DCLS-1D), timm-style.
 
     Args:
@@ -296,14 +296,6 @@ class SnnDelays(nn.Module):
     def blocks_delay_layers(self) -> List[SynapticDelay]:
         return [blk.delay for blk in self.blocks]
 
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set[str]:
-        """Delay positions and (frozen) widths are never weight-decayed."""
-        return dcls_position_parameter_names(self)
-
-    def clamp_parameters(self) -> None:
-        """Clamp every delay position to ±(max_delay // 2); call after each optimizer step."""
-        clamp_dcls_parameters(self)
 
     # -------------------------------------------------------------------------------------------------- forward
     def _time_major(self, x: torch.Tensor) -> torch.Tensor:
