@@ -7,10 +7,10 @@ import pytest
 import timm
 import torch
 
+from dcls_oracle import original_replace_dcls
 from dcls_zoo.layers import Dcls2d, dcls_position_parameter_names
 from dcls_zoo.models.dcls_convnext import DclsConvNeXt
 
-ref_modules = pytest.importorskip("DCLS.construct.modules", reason="the dcls==0.1.1 oracle is a test extra")
 logging.getLogger().setLevel(logging.ERROR)
 
 # Unique parameter counts of the original models (reference table, measured on the authors' code).
@@ -34,27 +34,16 @@ def test_unique_parameter_counts_equal_the_originals(name):
 
 def _reference_model(timm_entry, version, dks, count):
     """The original architecture: timm's ConvNeXt with the authors' `dcls.Dcls2d` swapped in, P tied per stage."""
-    model = timm_entry()
-    for stage in model.stages:
-        shared_p = shared_sig = None
-        for block in stage.blocks:
-            c = block.conv_dw.in_channels
-            layer = ref_modules.Dcls2d(c, c, kernel_count=count, dilated_kernel_size=dks, padding=dks // 2,
-                                       groups=c, bias=True, version=version)
-            with torch.no_grad():
-                layer.weight.normal_(0, 0.1)
-                layer.bias.normal_(0, 0.1)
-            if shared_p is None:
-                shared_p, shared_sig = layer.P, layer.SIG
-                with torch.no_grad():  # trained positions spread over the whole grid
-                    shared_p.uniform_(-(dks // 2), dks // 2)
-                    if shared_sig is not None:
-                        shared_sig.uniform_(-0.5, 0.5)
-            layer.P, layer.SIG = shared_p, shared_sig
-            block.conv_dw = layer
-    with torch.no_grad():  # layer scale 1e-6 would hide the blocks from the comparison
-        for name, p in model.named_parameters():
-            if name.endswith("gamma"):
+    model = original_replace_dcls(timm_entry(), version, dks, count)
+    with torch.no_grad():
+        for name, p in model.named_parameters():  # named_parameters() yields each shared P/SIG once
+            if name.endswith("conv_dw.P"):  # trained positions spread over the whole grid
+                p.uniform_(-(dks // 2), dks // 2)
+            elif name.endswith("conv_dw.SIG"):
+                p.uniform_(-0.5, 0.5)
+            elif name.endswith(("conv_dw.weight", "conv_dw.bias")):
+                p.normal_(0, 0.1)
+            elif name.endswith("gamma"):  # layer scale 1e-6 would hide the blocks from the comparison
                 p.normal_(0.5, 0.1)
     return model.eval()
 

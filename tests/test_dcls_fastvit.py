@@ -28,6 +28,7 @@ from timm.models import reparameterize_model
 from dcls_zoo.layers import DclsNd
 from dcls_zoo.layers.replace import shared_parameter_groups
 from dcls_zoo.models.dcls_fastvit import DclsFastVit, checkpoint_filter_fn
+from dcls_oracle import is_depthwise, original_replace_dcls
 
 dcls_modules = pytest.importorskip("DCLS.construct.modules")
 
@@ -36,26 +37,6 @@ MODELS = {
     "dcls_fastvit_sa24": (timm_fastvit.fastvit_sa24, 21_523_496, 21_554_216, [4, 4, 12, 5], 909),
     "dcls_fastvit_sa36": (timm_fastvit.fastvit_sa36, 31_452_584, 31_527_464, [6, 6, 18, 7], None),
 }
-
-
-def _original_replace_7x7_depthwise_dcls(model: nn.Module) -> nn.Module:
-    """The originals' FastViT `replace_depthwise_dcls` (7x7 depthwise only; v1, 17, 34), with `dcls.Dcls2d`."""
-    widest, stage_first = 0, None
-    for name, conv in list(model.named_modules()):
-        if not (isinstance(conv, nn.Conv2d) and conv.groups == conv.in_channels == conv.out_channels
-                and conv.kernel_size == (7, 7)):
-            continue
-        layer = dcls_modules.Dcls2d(
-            conv.in_channels, conv.out_channels, kernel_count=34, stride=conv.stride, padding=8,
-            dilated_kernel_size=17, groups=conv.groups, bias=conv.bias is not None, version="v1",
-        )
-        if conv.in_channels > widest:
-            widest, stage_first = conv.in_channels, layer
-        else:
-            layer.P = stage_first.P
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent), child, layer)
-    return model
 
 
 def _randomize(model: nn.Module) -> nn.Module:
@@ -78,7 +59,10 @@ def _randomize(model: nn.Module) -> nn.Module:
 
 
 def _reference_model(name: str) -> nn.Module:
-    return _randomize(_original_replace_7x7_depthwise_dcls(MODELS[name][0]()))
+    # the originals' FastViT recipe: 7x7 depthwise convs only
+    model = original_replace_dcls(MODELS[name][0](), "v1", 17, 34,
+                                  select=lambda c: is_depthwise(c) and c.kernel_size == (7, 7))
+    return _randomize(model)
 
 
 _RENAMES = [  # timm -> Apple, the inverse of timm's filter renames

@@ -22,6 +22,7 @@ from timm.models import metaformer as timm_metaformer
 
 from dcls_zoo.layers.replace import shared_parameter_groups
 from dcls_zoo.models.dcls_metaformer import DclsMetaFormer, checkpoint_filter_fn
+from dcls_oracle import original_replace_dcls
 
 dcls_modules = pytest.importorskip("DCLS.construct.modules")
 
@@ -33,28 +34,9 @@ MODELS = {
 }
 
 
-def _original_replace_depthwise_dcls(model: nn.Module, version: str, dks: int, kernel_count: int) -> nn.Module:
-    """The originals' `replace_depthwise_dcls`, with `dcls.Dcls2d` (the oracle)."""
-    widest, stage_first = 0, None
-    for name, conv in list(model.named_modules()):
-        if not (isinstance(conv, nn.Conv2d) and conv.groups == conv.in_channels == conv.out_channels):
-            continue
-        layer = dcls_modules.Dcls2d(
-            conv.in_channels, conv.out_channels, kernel_count=kernel_count, stride=conv.stride, padding=dks // 2,
-            dilated_kernel_size=dks, groups=conv.groups, bias=conv.bias is not None, version=version,
-        )
-        if conv.in_channels > widest:
-            widest, stage_first = conv.in_channels, layer
-        else:
-            layer.P = stage_first.P
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent), child, layer)
-    return model
-
-
 def _reference_model(name: str) -> nn.Module:
     entry, kernel_count = MODELS[name][:2]
-    model = _original_replace_depthwise_dcls(entry(), "v1", 17, kernel_count)
+    model = original_replace_dcls(entry(), "v1", 17, kernel_count)
     model.head.fc.norm.eps = 1e-5   # sail-sg's MlpHead LayerNorm
     torch.manual_seed(0)
     with torch.no_grad():

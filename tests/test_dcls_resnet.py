@@ -20,35 +20,18 @@ from timm.models import resnet as timm_resnet
 from dcls_zoo.layers import DclsNd
 from dcls_zoo.layers.replace import shared_parameter_groups
 from dcls_zoo.models.dcls_resnet import DclsResNet, checkpoint_filter_fn
+from dcls_oracle import original_replace_dcls
 
 dcls_modules = pytest.importorskip("DCLS.construct.modules")
 
 BLOCKS_PER_STAGE, WIDTHS = (3, 4, 6, 3), (64, 128, 256, 512)
 
 
-def _original_replace_3x3_dcls(model: nn.Module) -> nn.Module:
-    widest, stage_first = 0, None
-    for name, conv in list(model.named_modules()):
-        if not (isinstance(conv, nn.Conv2d) and conv.kernel_size == (3, 3)):
-            continue
-        layer = dcls_modules.Dcls2d(
-            conv.in_channels, conv.out_channels, kernel_count=5, dilated_kernel_size=7, padding=3, groups=1,
-            stride=conv.stride, bias=conv.bias is not None, version="v0",
-        )
-        if conv.in_channels > widest:
-            widest, stage_first = conv.in_channels, layer
-        else:
-            layer.P = stage_first.P
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent), child, layer)
-    return model
-
-
 NARROW = dict(channels=(16, 32, 64, 128))
 
 
 def _reference_model() -> nn.Module:
-    model = _original_replace_3x3_dcls(timm_resnet.resnet50(**NARROW))
+    model = original_replace_dcls(timm_resnet.resnet50(**NARROW), "v0", 7, 5, select=lambda c: c.kernel_size == (3, 3))
     torch.manual_seed(0)
     with torch.no_grad():
         for name, p in model.named_parameters():

@@ -25,26 +25,9 @@ import torch.nn as nn
 import dcls_zoo
 from dcls_zoo.layers import DclsNd, clamp_dcls_parameters, dcls_position_parameter_names
 from dcls_zoo.layers.replace import shared_parameter_groups
+from dcls_oracle import original_replace_dcls
 
 dcls_modules = pytest.importorskip("DCLS.construct.modules")
-
-
-def _original_replace_depthwise_dcls(model: nn.Module, version: str, dks: int, kernel_count: int) -> nn.Module:
-    widest, stage_first = 0, None
-    for name, conv in list(model.named_modules()):
-        if not (isinstance(conv, nn.Conv2d) and conv.groups == conv.in_channels == conv.out_channels):
-            continue
-        layer = dcls_modules.Dcls2d(
-            conv.in_channels, conv.out_channels, kernel_count=kernel_count, stride=conv.stride, padding=dks // 2,
-            dilated_kernel_size=dks, groups=conv.groups, bias=conv.bias is not None, version=version,
-        )
-        if conv.in_channels > widest:
-            widest, stage_first = conv.in_channels, layer
-        else:
-            layer.P, layer.SIG = stage_first.P, stage_first.SIG
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent), child, layer)
-    return model
 
 
 def _x(size=32):
@@ -54,7 +37,7 @@ def _x(size=32):
 @pytest.mark.parametrize("version", ["v0", "v1", "gauss", "max"])
 def test_timm_model_without_dcls_variant_matches_original_recipe(version):
     base = timm.create_model("test_efficientnet", num_classes=10).eval()
-    reference = _original_replace_depthwise_dcls(copy.deepcopy(base), version, 9, 12).eval()
+    reference = original_replace_dcls(copy.deepcopy(base), version, 9, 12).eval()
     model = dcls_zoo.dclsify(copy.deepcopy(base), version=version, dilated_kernel_size=9, kernel_count=12).eval()
 
     replaced = {n: m for n, m in model.named_modules() if isinstance(m, DclsNd)}
