@@ -192,3 +192,28 @@ def test_fine_tuning_head_replacement_is_announced(tmp_path, caplog):
     assert tuned.get_classifier().out_features == 10
     assert "1000 classes" in caplog.text and "10 classes" in caplog.text
     torch.testing.assert_close(tuned.stem[0].weight, model.stem[0].weight)  # the rest is loaded
+
+
+def test_registered_url_checkpoint_is_downloaded_then_loaded_safely(tmp_path, monkeypatch):
+    # The registry's Zenodo URL is fetched once and handed to timm's weights_only file loader (which accepts the
+    # argparse.Namespace the authors' files carry); here the "download" returns a file the test wrote.
+    import dcls_zoo.models._builder as builder
+
+    reference = timm.create_model("dcls_convnext_atto").eval()
+    path = tmp_path / "downloaded.pth"
+    torch.save({"model": reference.state_dict(), "args": argparse.Namespace(model="x")}, path)
+    seen = []
+    monkeypatch.setattr(builder, "download_cached_file", lambda url, **kw: seen.append(url) or str(path))
+    model = timm.create_model("dcls_convnext_atto", pretrained=True,
+                              pretrained_cfg_overlay=dict(url="https://zenodo.org/record/0/files/x.pth")).eval()
+    assert seen == ["https://zenodo.org/record/0/files/x.pth"]
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x), rtol=0, atol=0)
+
+    def offline(url, **kw):
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(builder, "download_cached_file", offline)
+    with pytest.raises(RuntimeError, match=r"could not download .* pretrained_cfg_overlay=dict\(file=PATH\)"):
+        timm.create_model("dcls_convnext_tiny", pretrained=True)
