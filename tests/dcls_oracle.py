@@ -8,6 +8,7 @@ Tests build their reference models with this, independently of `dcls_zoo.dclsify
 from typing import Callable
 
 import pytest
+import torch
 import torch.nn as nn
 
 dcls_modules = pytest.importorskip("DCLS.construct.modules", reason="the dcls==0.1.1 oracle is a test extra")
@@ -40,3 +41,13 @@ def original_replace_dcls(
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, layer)
     return model
+
+
+@torch.no_grad()
+def randomize_norm_statistics(model: nn.Module) -> None:
+    """Give BatchNorm running statistics non-trivial values, so eval-mode comparisons exercise them."""
+    for name, buffer in model.named_buffers():
+        if name.endswith("running_mean"):
+            buffer.normal_(0, 0.1)
+        elif name.endswith("running_var"):
+            buffer.uniform_(0.5, 1.5)

@@ -28,7 +28,7 @@ from timm.models import reparameterize_model
 from dcls_zoo.layers import DclsNd
 from dcls_zoo.layers.replace import shared_parameter_groups
 from dcls_zoo.models.dcls_fastvit import DclsFastVit, checkpoint_filter_fn
-from dcls_oracle import is_depthwise, original_replace_dcls
+from dcls_oracle import is_depthwise, original_replace_dcls, randomize_norm_statistics
 
 dcls_modules = pytest.importorskip("DCLS.construct.modules")
 
@@ -50,11 +50,7 @@ def _randomize(model: nn.Module) -> nn.Module:
                 p.uniform_(0.2, 0.6)
             elif p.ndim == 1:
                 p.add_(torch.randn_like(p) * 0.05)
-        for name, b in model.named_buffers():
-            if name.endswith("running_mean"):
-                b.normal_(0, 0.1)
-            elif name.endswith("running_var"):
-                b.uniform_(0.5, 1.5)
+    randomize_norm_statistics(model)
     return model.eval()
 
 

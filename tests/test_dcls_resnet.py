@@ -20,7 +20,7 @@ from timm.models import resnet as timm_resnet
 from dcls_zoo.layers import DclsNd
 from dcls_zoo.layers.replace import shared_parameter_groups
 from dcls_zoo.models.dcls_resnet import DclsResNet, checkpoint_filter_fn
-from dcls_oracle import original_replace_dcls
+from dcls_oracle import original_replace_dcls, randomize_norm_statistics
 
 dcls_modules = pytest.importorskip("DCLS.construct.modules")
 
@@ -41,11 +41,7 @@ def _reference_model() -> nn.Module:
                 p.uniform_(0.8, 1.2)
             elif p.ndim == 1:
                 p.add_(torch.randn_like(p) * 0.05)
-        for name, b in model.named_buffers():
-            if name.endswith("running_mean"):
-                b.normal_(0, 0.1)
-            elif name.endswith("running_var"):
-                b.uniform_(0.5, 1.5)
+    randomize_norm_statistics(model)
     return model.eval()
 
 
