@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+import dcls_zoo.layers.activations as activations
 from dcls_zoo.layers.activations import (
     FourierActivation,
     HermiteActivation,
@@ -18,6 +19,7 @@ from dcls_zoo.layers.activations import (
     create_activation,
     fit_activation,
     hermite_to_monomial,
+    set_compiled_activations,
 )
 
 torchortho = pytest.importorskip("torchortho")
@@ -109,9 +111,10 @@ def test_parity_hermite_clamp():
     (FourierActivation, dict(degree=2, scheme="legacy")), (TropicalActivation, dict(degree=4)),
     (TropicalRationalActivation, dict(degree=3)),
 ])
-def test_gradcheck_float64(cls, kwargs):
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_gradcheck_float64(cls, kwargs, compiled):
     torch.manual_seed(0)
-    act = cls(**kwargs).double()
+    act = cls(**kwargs, compiled=compiled).double()
     with torch.no_grad():  # perturb so no parameter sits at a symmetric point
         for p in act.parameters():
             p.add_(0.1 * torch.randn_like(p))
@@ -241,9 +244,11 @@ def test_dtype_preserved(cls, dtype):
     torch.testing.assert_close(y.float(), act(x.detach().float()), rtol=0.05, atol=0.05)
 
 
-@pytest.mark.parametrize("cls", [HermiteActivation, FourierActivation, TropicalActivation])
-def test_saves_only_the_input_for_backward(cls):
-    act = cls(5)
+@pytest.mark.parametrize("cls", [HermiteActivation, FourierActivation, TropicalActivation,
+                                 TropicalRationalActivation])
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_saves_only_the_input_for_backward(cls, compiled):
+    act = cls(5, compiled=compiled)
     x = torch.randn(64, 128, requires_grad=True)
     saved = {}
 
@@ -380,3 +385,152 @@ def test_legacy_scheme_parity_with_torchortho_0_1_1(torchortho_legacy, name, deg
             p.copy_(torch.randn(p.shape, generator=g))
     ours.load_state_dict(ref.state_dict())  # 0.1.1 state dicts (its buffers included) load into scheme="legacy"
     _compare(ref, ours, *_inputs(seed=10 + degree))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# compiled=True: the torch.compile'd kernels
+# ----------------------------------------------------------------------------------------------------------------
+
+COMPILED_CASES = [
+    (torchortho.HermiteActivation, HermiteActivation, dict(degree=3)),
+    (torchortho.HermiteActivation, HermiteActivation, dict(degree=3, clamp=True)),
+    (torchortho.FourierActivation, FourierActivation, dict(degree=5)),
+    (torchortho.TropicalActivation, TropicalActivation, dict(degree=5)),
+    (torchortho.TropicalRationalActivation, TropicalRationalActivation, dict(degree=6)),
+]
+
+
+@pytest.mark.parametrize("ref_cls,our_cls,kwargs", COMPILED_CASES,
+                         ids=lambda v: getattr(v, "__name__", None) or "-".join(f"{k}{w}" for k, w in v.items()))
+@pytest.mark.parametrize("random_parameters", [False, True], ids=["init", "random"])
+def test_compiled_parity_with_torchortho(ref_cls, our_cls, kwargs, random_parameters):
+    torch.manual_seed(11)
+    ref = ref_cls(**kwargs)
+    if random_parameters:
+        g = torch.Generator().manual_seed(12)
+        with torch.no_grad():
+            for p in ref.parameters():  # (the clamp limit, 0-dim, stays positive: 1 +- 0.5)
+                scale, shift = (0.5, 1.0) if p.dim() == 0 else (1.0, 0.0)
+                p.copy_(torch.randn(p.shape, generator=g) * scale + shift)
+    ours = our_cls(**kwargs, compiled=True)
+    ours.load_state_dict(ref.state_dict())
+    x, upstream = _inputs(seed=13)
+    _compare(ref, ours, x.view(8, 512), upstream.view(8, 512))
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 7), (), (2, 3, 4096), (0, 5)], ids=str)
+def test_compiled_matches_eager_on_any_shape(shape):
+    """Rows of gcd(numel, 4096) columns, or of the last dimension when that is too short; empty tensors skip the
+    kernels."""
+    torch.manual_seed(0)
+    eager, compiled = FourierActivation(5, compiled=False), FourierActivation(5, compiled=True)
+    compiled.load_state_dict(eager.state_dict())
+    x, upstream = torch.randn(shape) * 2, torch.randn(shape)
+    y_eager, gx_eager, gp_eager = _run(eager, x, upstream)
+    y_compiled, gx_compiled, gp_compiled = _run(compiled, x, upstream)
+    assert y_compiled.shape == shape and gx_compiled.shape == shape
+    torch.testing.assert_close(y_compiled, y_eager, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gx_compiled, gx_eager, rtol=1e-5, atol=1e-5)
+    for name, value in gp_eager.items():
+        torch.testing.assert_close(gp_compiled[name], value, rtol=1e-5, atol=1e-5)
+
+
+def test_compiled_kernels_are_reused_for_other_batch_sizes():
+    from torch._dynamo.utils import counters
+
+    act = FourierActivation(5, compiled=True)
+    act(torch.randn(4, 4096, requires_grad=True)).sum().backward()
+    graphs = counters["stats"]["unique_graphs"]
+    for rows in (7, 2, 300):  # (a single row is specialised by torch.compile and gets kernels of its own)
+        act(torch.randn(rows, 4096, requires_grad=True)).sum().backward()
+    assert counters["stats"]["unique_graphs"] == graphs
+
+
+@pytest.mark.parametrize("cls", [HermiteActivation, FourierActivation, TropicalActivation,
+                                 TropicalRationalActivation])
+def test_compiled_dtype_preserved(cls):
+    torch.manual_seed(0)
+    act = cls(3, compiled=True)
+    x = torch.randn(4, 1024, dtype=torch.bfloat16, requires_grad=True)
+    y = act(x)
+    assert y.dtype == torch.bfloat16 and y.shape == x.shape
+    y.float().sum().backward()
+    assert x.grad.dtype == torch.bfloat16
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in act.parameters())
+    # computed in float32 and rounded once: within bf16's resolution of the float32 result
+    torch.testing.assert_close(y.float(), act(x.detach().float()), rtol=2 ** -7, atol=2 ** -7)
+
+
+def test_compiled_tropical_ties_follow_the_eager_rule():
+    """At init every line of a tropical activation meets at x = 0; both paths credit line 0 there."""
+    x = torch.tensor([0.0, 0.0, -1.0, 2.0, 0.0] * 200)
+    upstream = torch.linspace(-1, 1, x.numel())
+    eager, compiled = TropicalActivation(5, compiled=False), TropicalActivation(5, compiled=True)
+    y_e, gx_e, gp_e = _run(eager, x, upstream)
+    y_c, gx_c, gp_c = _run(compiled, x, upstream)
+    torch.testing.assert_close(y_c, y_e, rtol=0, atol=1e-6)
+    torch.testing.assert_close(gx_c, gx_e, rtol=0, atol=1e-6)
+    torch.testing.assert_close(gp_c["coefficients"], gp_e["coefficients"], rtol=1e-6, atol=1e-6)
+    assert gp_c["coefficients"][1:-1].abs().max() == 0  # interior lines are never on the envelope at init
+
+
+def test_fast_sin_cos_polynomials_are_float32_accurate():
+    """The compiled kernels' float32 sine/cosine (range reduction in turns + polynomials) against float64."""
+    turns = torch.cat([torch.linspace(-1000, 1000, 400_001), torch.linspace(-1, 1, 100_001),
+                       torch.tensor([0.0, 0.25, 0.5, -0.25, -0.5, 0.125, 1e-8])])
+    cos, sin = activations._cos_sin_turns(turns, exact=False)
+    theta = turns.double() * (2 * math.pi)  # the same float32 argument, evaluated exactly
+    # within 2.5 float32 ulps of 1 (polynomial error < 5e-8 plus Horner's rounding in float32, no FMA here)
+    assert (cos.double() - theta.cos()).abs().max() < 3e-7
+    assert (sin.double() - theta.sin()).abs().max() < 3e-7
+
+
+def test_compiled_switch_and_argument_errors(monkeypatch):
+    monkeypatch.setattr(activations, "_compiled_default", None)
+    monkeypatch.delenv("DCLS_ZOO_COMPILED_ACTIVATIONS", raising=False)
+    calls = []
+    real = activations._compiled
+    monkeypatch.setattr(activations, "_compiled", lambda kind, *a: calls.append(kind) or real(kind, *a))
+    x = torch.randn(4, 256)
+    act = HermiteActivation(3)
+    act(x)
+    assert calls == [] and not activations.compiled_activations()
+    monkeypatch.setenv("DCLS_ZOO_COMPILED_ACTIVATIONS", "1")
+    act(x)
+    assert calls == [activations._CompiledPolynomial]
+    set_compiled_activations(False)  # the call wins over the environment
+    act(x)
+    HermiteActivation(3, compiled=True)(x)  # and the argument over both
+    assert len(calls) == 2
+    set_compiled_activations(True)
+    HermiteActivation(3, compiled=False)(x)
+    assert len(calls) == 2
+    monkeypatch.setattr(activations, "_compiled_default", None)
+    monkeypatch.setenv("DCLS_ZOO_COMPILED_ACTIVATIONS", "sometimes")
+    with pytest.raises(ValueError, match="DCLS_ZOO_COMPILED_ACTIVATIONS must be 1 or 0, got 'sometimes'"):
+        act(x)
+    with pytest.raises(TypeError, match="compiled must be True, False or None"):
+        FourierActivation(3, compiled="yes")
+    with pytest.raises(TypeError, match="set_compiled_activations expects True or False"):
+        set_compiled_activations(1)
+
+
+def test_compiled_without_a_working_compiler_says_what_to_do(tmp_path):
+    """A failed kernel build is one RuntimeError naming the way back to the eager functions (fresh process and
+    Inductor cache, so nothing compiled earlier is reused)."""
+    import subprocess
+
+    code = (
+        "import torch, torch._inductor.config as c\n"
+        "c.cpp.cxx = ('/nonexistent/g++',)\n"
+        "from dcls_zoo.layers.activations import FourierActivation\n"
+        "try:\n"
+        "    FourierActivation(5, compiled=True)(torch.randn(3, 64))\n"
+        "except RuntimeError as e:\n"
+        "    print('MESSAGE', str(e).splitlines()[0])\n"
+    )
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"), "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    line = [ln for ln in out.stdout.splitlines() if ln.startswith("MESSAGE")]
+    assert line, out.stdout + out.stderr
+    assert "compiled activation kernel could not be built" in line[0] and "compiled=False" in line[0]

@@ -1,7 +1,7 @@
 """Building blocks with no knowledge of any model family."""
 from .activations import (  # noqa: F401
     FourierActivation, HermiteActivation, TropicalActivation, TropicalRationalActivation, activation_parameter_names,
-    create_activation, fit_activation,
+    compiled_activations, create_activation, fit_activation, set_compiled_activations,
 )
 from .audio import LogMelFrontend, SpecAugment  # noqa: F401
 from .dcls import (  # noqa: F401
