@@ -435,6 +435,30 @@ def test_compiled_matches_eager_on_any_shape(shape):
         torch.testing.assert_close(gp_compiled[name], value, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_any_memory_layout_gives_the_same_values(compiled):
+    """Channels-last and strided inputs (the eager functions work on flat views in memory order)."""
+    torch.manual_seed(0)
+    base = torch.randn(2, 8, 5, 6) * 2
+    upstream = torch.randn(2, 8, 5, 6)
+    layouts = {"channels_last": base.contiguous(memory_format=torch.channels_last),
+               "transposed": base.transpose(1, 3).contiguous().transpose(1, 3),
+               "strided": torch.stack([base, base], -1)[..., 0]}
+    for act in (HermiteActivation(3, clamp=True, compiled=compiled), FourierActivation(3, compiled=compiled),
+                TropicalRationalActivation(3, compiled=compiled)):
+        y_ref, gx_ref, gp_ref = _run(act, base, upstream)
+        for name, x in layouts.items():
+            assert x.shape == base.shape and not x.is_contiguous()
+            y, gx, gp = _run(act, x, upstream)
+            torch.testing.assert_close(y, y_ref, rtol=1e-6, atol=1e-6, msg=name)
+            torch.testing.assert_close(gx, gx_ref, rtol=1e-6, atol=1e-6, msg=name)
+            for key, value in gp_ref.items():
+                torch.testing.assert_close(gp[key], value, rtol=1e-5, atol=1e-6, msg=name)
+            if name == "channels_last":  # kept, without copies
+                assert y.is_contiguous(memory_format=torch.channels_last)
+                assert gx.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_compiled_kernels_are_reused_for_other_batch_sizes():
     from torch._dynamo.utils import counters
 
@@ -534,3 +558,25 @@ def test_compiled_without_a_working_compiler_says_what_to_do(tmp_path):
     line = [ln for ln in out.stdout.splitlines() if ln.startswith("MESSAGE")]
     assert line, out.stdout + out.stderr
     assert "compiled activation kernel could not be built" in line[0] and "compiled=False" in line[0]
+
+
+def test_eager_pieces_match_one_piece(monkeypatch):
+    """On CPU the eager functions walk the data in pieces (2^18 elements); pieces of 777 elements (the last one
+    short) must give what one piece gives, with parity to torchortho kept."""
+    x, upstream = _inputs(n=5000, seed=21)
+    x, upstream = x.view(5, 1000), upstream.view(5, 1000)
+    for ref_cls, our_cls, kwargs in COMPILED_CASES:
+        torch.manual_seed(22)
+        ref = ref_cls(**kwargs)
+        ours = our_cls(**kwargs, compiled=False)
+        ours.load_state_dict(ref.state_dict())
+        monkeypatch.setattr(activations, "_CPU_PIECE", 1 << 18)
+        whole = _run(ours, x, upstream)
+        monkeypatch.setattr(activations, "_CPU_PIECE", 777)
+        assert len(activations._pieces(x)) == 7
+        pieces = _run(ours, x, upstream)
+        torch.testing.assert_close(pieces[0], whole[0], rtol=0, atol=0)
+        torch.testing.assert_close(pieces[1], whole[1], rtol=0, atol=0)
+        for name, value in whole[2].items():
+            torch.testing.assert_close(pieces[2][name], value, rtol=1e-5, atol=1e-6)  # float32 block sums
+        _compare(ref, ours, x, upstream)

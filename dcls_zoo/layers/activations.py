@@ -11,7 +11,8 @@ evaluation is different:
   monomial coefficients with the three-term recurrence ``P_{k+1} = (x P_k - P_{k-1}) / (k + 1)`` applied to
   coefficient vectors (a ``(degree+1)^2`` constant), so the data only sees ``degree`` fused multiply-adds;
 * tropical activations are convex piecewise-linear, so their upper envelope is computed once per call on the
-  ``degree+1`` lines and each element only does a bucket search;
+  ``degree+1`` lines and each element is only compared with its few breakpoints;
+* on CPU the functions walk the data in cache-sized pieces, so their elementwise passes stay in L2;
 * ``compiled=True`` (or ``set_compiled_activations(True)``, or ``DCLS_ZOO_COMPILED_ACTIVATIONS=1``) runs each
   activation as two ``torch.compile``'d kernels, one pass over the data each way, with float32 sine/cosine
   polynomials: needed for Fourier and TropicalRational to come near GELU's speed (see "Compiled kernels");
@@ -177,47 +178,98 @@ def _horner(x: torch.Tensor, coefficients: Sequence, out: torch.Tensor | None = 
     return y
 
 
+# On CPU the eager functions below work through their data in cache-sized pieces, so that each of their many
+# elementwise passes reads and writes a core's L2 cache rather than main memory; elsewhere the one piece is the
+# whole tensor (kernel launches, not memory passes, are what a GPU would pay for).
+_CPU_PIECE = 1 << 18  # 1 MiB of float32: fastest of 2^15..2^23 on a GPT-2 MLP activation (1 thread)
+
+
+def _dense(t: torch.Tensor, like: torch.Tensor | None = None) -> torch.Tensor:
+    """``t`` laid out densely in ``like``'s memory order (contiguous, or channels-last for 4-D tensors), so that
+    the `_flat` views of the two match element for element."""
+    ref = t if like is None else like
+    if ref.dim() == 4 and not ref.is_contiguous() and ref.is_contiguous(memory_format=torch.channels_last):
+        return t.contiguous(memory_format=torch.channels_last)
+    return t.contiguous()
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    """1-D view, in memory order, of a tensor laid out by `_dense`."""
+    return t.view(-1) if t.is_contiguous() else t.permute(0, 2, 3, 1).reshape(-1)
+
+
+def _pieces(t: torch.Tensor) -> list[slice]:
+    n = t.numel()
+    step = _CPU_PIECE if t.device.type == "cpu" else max(n, 1)
+    return [slice(i, min(i + step, n)) for i in range(0, n, step)] or [slice(0, 0)]
+
+
+def _piece_buffer(flat: torch.Tensor, pieces: list[slice]) -> torch.Tensor:
+    """Scratch space for the largest piece (the first)."""
+    return torch.empty_like(flat[pieces[0]])
+
+
 class _PolynomialFunction(torch.autograd.Function):
     """y = p(u), u = x or lim * tanh(x / 2) (learnable clamp); saves x and the coefficients only."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, monomial: torch.Tensor, lim: torch.Tensor | None):
+        x = _dense(x)
         ctx.save_for_backward(x, monomial, lim)
         coefficients = _scalars(monomial, x)
-        u = x if lim is None else torch.tanh(x * 0.5).mul_(lim.to(x.dtype))
-        return _horner(u, coefficients)
+        y = torch.empty_like(x)
+        xf, yf = _flat(x), _flat(y)
+        pieces = _pieces(xf)
+        u = None if lim is None else _piece_buffer(xf, pieces)
+        limit = None if lim is None else _scalars(lim.reshape(1), x)[0]
+        for piece in pieces:
+            xs = xf[piece]
+            if u is not None:
+                xs = torch.mul(xs, 0.5, out=u[: xs.numel()]).tanh_().mul_(limit)
+            _horner(xs, coefficients, out=yf[piece])
+        return y
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         x, monomial, lim = ctx.saved_tensors
-        grad = grad.contiguous()
         coefficients = _scalars(monomial, x)
-        if lim is None:
-            t, u = None, x
-        else:
-            t = torch.tanh(x * 0.5)
-            u = t * lim.to(x.dtype)
-        grad_x = grad_m = grad_lim = None
+        derivative = [coefficients[j] * j for j in range(1, len(coefficients))]
         need_x, need_m = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         need_lim = lim is not None and ctx.needs_input_grad[2]
-        # one full-size buffer serves the parameter sums and then becomes the input gradient (on CPU every fresh
-        # large tensor costs page faults comparable to a whole elementwise pass)
-        buf = None
-        if need_m:
-            # sum(grad * u^j) for every j, from one running product
-            sums = [_sum(grad)]
-            for j in range(1, monomial.numel()):
-                buf = torch.mul(grad, u) if buf is None else buf.mul_(u)
-                sums.append(_sum(buf))
-            grad_m = torch.stack(sums).to(monomial.dtype)
-        if need_x or need_lim:
-            derivative = [coefficients[j] * j for j in range(1, len(coefficients))]
-            buf = _horner(u, derivative, out=torch.empty_like(u) if buf is None else buf)
-            grad_u = buf.mul_(grad)
-            if need_lim:
-                grad_lim = _sum(grad_u * t).to(lim.dtype)
-            if need_x:
-                grad_x = grad_u if t is None else grad_u.mul_(lim.to(x.dtype) * 0.5).mul_(1.0 - t * t)
+        xf, gf = _flat(x), _flat(_dense(grad, like=x))
+        pieces = _pieces(xf)
+        grad_x = torch.empty_like(x) if need_x else None
+        grad_x_flat = None if grad_x is None else _flat(grad_x)
+        buf = _piece_buffer(xf, pieces)
+        grad_u_buf = _piece_buffer(xf, pieces) if need_lim and not need_x else None
+        t_buf = u_buf = limit = None
+        if lim is not None:
+            t_buf, u_buf, limit = _piece_buffer(xf, pieces), _piece_buffer(xf, pieces), _scalars(lim.reshape(1), x)[0]
+        sums, lim_sum = [0.0] * monomial.numel(), 0.0
+        for piece in pieces:
+            xs, gs = xf[piece], gf[piece]
+            b = buf[: xs.numel()]
+            if lim is None:
+                t, u = None, xs
+            else:
+                t = torch.mul(xs, 0.5, out=t_buf[: xs.numel()]).tanh_()
+                u = torch.mul(t, limit, out=u_buf[: xs.numel()])
+            if need_m:
+                # sum(grad * u^j) for every j, from one running product
+                sums[0] = sums[0] + _sum(gs)
+                for j in range(1, len(sums)):
+                    torch.mul(gs, u, out=b) if j == 1 else b.mul_(u)
+                    sums[j] = sums[j] + _sum(b)
+            if need_x or need_lim:
+                out = grad_x_flat[piece] if need_x else grad_u_buf[: xs.numel()]
+                grad_u = _horner(u, derivative, out=out).mul_(gs)
+                if need_lim:
+                    lim_sum = lim_sum + _sum(torch.mul(grad_u, t, out=b))
+                if need_x and t is not None:
+                    # d u / d x = lim / 2 (1 - t^2)
+                    grad_u.mul_(torch.mul(t, t, out=b).neg_().add_(1.0)).mul_(limit * 0.5)
+        grad_m = torch.stack(sums).to(monomial.dtype) if need_m else None
+        grad_lim = lim_sum.to(lim.dtype) if need_lim else None
         return grad_x, grad_m, grad_lim
 
 
@@ -405,44 +457,56 @@ class _FourierFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, fundamental, phases, coefficients, grid, scale):
+        x = _dense(x)
         ctx.save_for_backward(x, fundamental, phases, coefficients, grid, scale)
         weights = _scalars(coefficients * scale, x)
         w, phi = _scalars(grid, x), _scalars(-phases, x)
         y = torch.empty_like(x).fill_(_scalars(fundamental, x)[0])
-        z = torch.empty_like(x)
-        for k in range(len(weights)):
-            _affine(x, w[k], phi[k], out=z).cos_()
-            _axpy_(y, weights[k], z)
+        xf, yf = _flat(x), _flat(y)
+        pieces = _pieces(xf)
+        z = _piece_buffer(xf, pieces)
+        for piece in pieces:
+            xs, ys = xf[piece], yf[piece]
+            zs = z[: xs.numel()]
+            for k in range(len(weights)):
+                _affine(xs, w[k], phi[k], out=zs).cos_()
+                _axpy_(ys, weights[k], zs)
         return y
 
     @staticmethod
     def backward(ctx, grad):
         x, fundamental, phases, coefficients, grid, scale = ctx.saved_tensors
-        grad = grad.contiguous()
         need_x, need_f, need_phi, need_c, need_w = ctx.needs_input_grad[:5]
         n = coefficients.numel()
         weights = coefficients * scale
         w_t, phi_t = _scalars(grid, x), _scalars(-phases, x)
         slope_t = _scalars(-(weights * grid), x)
+        xf, gf = _flat(x), _flat(_dense(grad, like=x))
+        pieces = _pieces(xf)
         grad_x = torch.zeros_like(x) if need_x else None
-        sum_cos, sum_gsin, sum_gsin_x = [], [], []
-        z = torch.empty_like(x)
-        buf = torch.empty_like(x) if (need_c or need_phi or need_w) else None
-        for k in range(n):
-            _affine(x, w_t[k], phi_t[k], out=z)
-            if need_c:
-                sum_cos.append(_sum(torch.cos(z, out=buf).mul_(grad)))
-            z.sin_()
+        grad_x_flat = None if grad_x is None else _flat(grad_x)
+        sum_g, sum_cos, sum_gsin, sum_gsin_x = 0.0, [0.0] * n, [0.0] * n, [0.0] * n
+        z, buf = _piece_buffer(xf, pieces), _piece_buffer(xf, pieces)
+        for piece in pieces:
+            xs, gs = xf[piece], gf[piece]
+            zs, bs = z[: xs.numel()], buf[: xs.numel()]
+            if need_f:
+                sum_g = sum_g + _sum(gs)
+            for k in range(n):
+                _affine(xs, w_t[k], phi_t[k], out=zs)
+                if need_c:
+                    sum_cos[k] = sum_cos[k] + _sum(torch.cos(zs, out=bs).mul_(gs))
+                zs.sin_()
+                if need_x:
+                    _axpy_(grad_x_flat[piece], slope_t[k], zs)
+                if need_phi or need_w:
+                    torch.mul(gs, zs, out=bs)
+                    sum_gsin[k] = sum_gsin[k] + _sum(bs)
+                    if need_w:
+                        sum_gsin_x[k] = sum_gsin_x[k] + _sum(bs.mul_(xs))
             if need_x:
-                _axpy_(grad_x, slope_t[k], z)
-            if need_phi or need_w:
-                torch.mul(grad, z, out=buf)
-                sum_gsin.append(_sum(buf))
-                if need_w:
-                    sum_gsin_x.append(_sum(buf.mul_(x)))
-        if need_x:
-            grad_x.mul_(grad)
-        grad_f = _sum(grad).reshape(1).to(fundamental.dtype) if need_f else None
+                grad_x_flat[piece].mul_(gs)
+        grad_f = sum_g.reshape(1).to(fundamental.dtype) if need_f else None
         grad_c = (torch.stack(sum_cos).to(coefficients.dtype) * scale) if need_c else None
         grad_phi = (torch.stack(sum_gsin).to(phases.dtype) * weights) if need_phi else None
         grad_w = (-torch.stack(sum_gsin_x).to(grid.dtype) * weights) if need_w else None
@@ -584,46 +648,63 @@ class _MaxAffineFunction(torch.autograd.Function):
     def forward(ctx, x, slopes, intercepts, scale: float):
         hull, breakpoints = _upper_envelope(slopes.detach().double().cpu().tolist(),
                                             intercepts.detach().double().cpu().tolist())
+        x = _dense(x)
         ctx.save_for_backward(x, slopes, intercepts)
         ctx.scale, ctx.hull, ctx.breakpoints = scale, hull, breakpoints
         s, c = _scalars(slopes * scale, x), _scalars(intercepts * scale, x)
-        y = _affine(x, s[hull[0]], c[hull[0]])
-        if len(hull) > 1:
-            line = torch.empty_like(x)
+        y = torch.empty_like(x)
+        xf, yf = _flat(x), _flat(y)
+        pieces = _pieces(xf)
+        line = _piece_buffer(xf, pieces) if len(hull) > 1 else None
+        for piece in pieces:
+            xs, ys = xf[piece], yf[piece]
+            _affine(xs, s[hull[0]], c[hull[0]], out=ys)
             for i in hull[1:]:
-                torch.maximum(y, _affine(x, s[i], c[i], out=line), out=y)
+                torch.maximum(ys, _affine(xs, s[i], c[i], out=line[: xs.numel()]), out=ys)
         return y
 
     @staticmethod
     def backward(ctx, grad):
         x, slopes, intercepts = ctx.saved_tensors
         scale, hull, breakpoints = ctx.scale, ctx.hull, ctx.breakpoints
-        grad = grad.contiguous()
         need_x, need_s, need_c = ctx.needs_input_grad[:3]
         s = _scalars(slopes * scale, x)
-        slope_map = torch.empty_like(x).fill_(s[hull[0]]) if need_x else None
-        grad_times_x = grad * x if need_s else None
-        # tail sums: sum over elements right of breakpoint i (i = 0 means everything)
-        tail_g = [_sum(grad)] if need_c else []
-        tail_gx = [_sum(grad_times_x)] if need_s else []
-        mask = torch.empty_like(x) if breakpoints else None
-        masked = torch.empty_like(x) if breakpoints and need_s else None
-        for i, b in enumerate(breakpoints):
-            torch.gt(x, b, out=mask)  # 1.0 right of the breakpoint, in x's dtype
-            if need_x:
-                _axpy_(slope_map, s[hull[i + 1]] - s[hull[i]], mask)
-            if need_s:
-                tail_gx.append(_sum(torch.mul(mask, grad_times_x, out=masked)))
+        xf, gf = _flat(x), _flat(_dense(grad, like=x))
+        pieces = _pieces(xf)
+        grad_x = torch.empty_like(x) if need_x else None
+        grad_x_flat = None if grad_x is None else _flat(grad_x)
+        grad_times_x = _piece_buffer(xf, pieces) if need_s else None
+        mask = _piece_buffer(xf, pieces) if breakpoints else None
+        masked = _piece_buffer(xf, pieces) if breakpoints and need_s else None
+        # tail sums: sum over elements right of breakpoint i - 1 (i = 0 means everything)
+        tail_g, tail_gx = [0.0] * len(hull), [0.0] * len(hull)
+        for piece in pieces:
+            xs, gs = xf[piece], gf[piece]
+            m = xs.numel()
+            slope_map = grad_x_flat[piece].fill_(s[hull[0]]) if need_x else None
+            gx = torch.mul(gs, xs, out=grad_times_x[:m]) if need_s else None
             if need_c:
-                tail_g.append(_sum(mask.mul_(grad)))  # last use of the mask
+                tail_g[0] = tail_g[0] + _sum(gs)
+            if need_s:
+                tail_gx[0] = tail_gx[0] + _sum(gx)
+            for i, b in enumerate(breakpoints):
+                right = torch.gt(xs, b, out=mask[:m])  # 1.0 right of the breakpoint, in x's dtype
+                if need_x:
+                    _axpy_(slope_map, s[hull[i + 1]] - s[hull[i]], right)
+                if need_s:
+                    tail_gx[i + 1] = tail_gx[i + 1] + _sum(torch.mul(right, gx, out=masked[:m]))
+                if need_c:
+                    tail_g[i + 1] = tail_g[i + 1] + _sum(right.mul_(gs))  # last use of the mask
+            if need_x:
+                slope_map.mul_(gs)
 
         def per_line(tails, like):
-            tails = torch.stack(tails + [torch.zeros_like(tails[0])])
+            tails = torch.stack([torch.as_tensor(t, dtype=torch.float64, device=like.device) for t in tails]
+                                + [torch.zeros((), dtype=torch.float64, device=like.device)])
             out = torch.zeros_like(like)
             out[hull] = ((tails[:-1] - tails[1:]) * scale).to(like.dtype)
             return out
 
-        grad_x = slope_map.mul_(grad) if need_x else None
         grad_s = per_line(tail_gx, slopes) if need_s else None
         grad_c = per_line(tail_g, intercepts) if need_c else None
         return grad_x, grad_s, grad_c, None
@@ -963,16 +1044,25 @@ _ROW_BLOCK = 4096
 
 
 def _as_rows(x: torch.Tensor) -> torch.Tensor:
-    """x as a contiguous (rows, columns) view: columns = gcd(numel, 4096), or the last dimension when that is
-    wider, so per-row partial sums stay short in float32 and the row sums are added in float64."""
+    """A `_dense` tensor's data as a (rows, columns) view in memory order: columns = gcd(numel, 4096), or the
+    last dimension when that is wider, so per-row partial sums stay short in float32 and the row sums are added
+    in float64."""
     n = x.numel()
     columns = math.gcd(n, _ROW_BLOCK)
     if columns < 256 and x.dim() and x.shape[-1] > columns:
         columns = x.shape[-1]
-    rows = x.contiguous().view(n // columns, columns)
+    rows = _flat(x).view(n // columns, columns)
     # one kernel for any number of rows (>= 2); fully dynamic shapes would cost fusion (2-3x slower on CPU)
     torch._dynamo.maybe_mark_dynamic(rows, 0)
     return rows
+
+
+def _from_rows(rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Inverse of `_as_rows`: the data back in ``like``'s shape and memory order."""
+    if like.is_contiguous():
+        return rows.view(like.shape)
+    n, c, h, w = like.shape
+    return rows.view(n, h, w, c).permute(0, 3, 1, 2)
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -989,24 +1079,25 @@ class _CompiledFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, kind, x, *params):
+        x = _dense(x)
         ctx.kind = kind
         ctx.save_for_backward(x, *params)
         ctx.forward_args, ctx.backward_args, ctx.state = kind.prepare(params, _compute_dtype(x))
         y = _run_kernel(kind.forward_kernel, kind.options, _as_rows(x), *ctx.forward_args)
-        return y.view(x.shape)
+        return _from_rows(y, x)
 
     @staticmethod
     def backward(ctx, grad):
         x, *params = ctx.saved_tensors
         kind = ctx.kind
         rows = _as_rows(x)
-        grad_rows = grad.contiguous().view(rows.shape)
+        grad_rows = _flat(_dense(grad, like=x)).view(rows.shape)
         row_ones = rows.new_ones(rows.shape[0] if kind.fuse_rows else 1, 1, dtype=_compute_dtype(x))
         for t in (grad_rows, row_ones):
             torch._dynamo.maybe_mark_dynamic(t, 0)
         grad_x, sums = _run_kernel(kind.backward_kernel, kind.options, rows, grad_rows, row_ones, *ctx.backward_args)
         grads = kind.parameter_gradients(sums, params, ctx.state)
-        grad_x = grad_x.view(x.shape) if ctx.needs_input_grad[1] else None
+        grad_x = _from_rows(grad_x, x) if ctx.needs_input_grad[1] else None
         grads = [g.to(p.dtype) if need else None for g, p, need in zip(grads, params, ctx.needs_input_grad[2:])]
         return (None, grad_x, *grads)
 
