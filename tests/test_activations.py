@@ -580,3 +580,25 @@ def test_eager_pieces_match_one_piece(monkeypatch):
         for name, value in whole[2].items():
             torch.testing.assert_close(pieces[2][name], value, rtol=1e-5, atol=1e-6)  # float32 block sums
         _compare(ref, ours, x, upstream)
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_inside_a_torch_compiled_model(compiled):
+    """torch.compile on a whole model: the compiled kernels are traced into its graph (no nested compile), the
+    eager functions and the tropical envelope (a host sync) run between graph pieces; same values either way."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 64), FourierActivation(5, compiled=compiled), nn.Linear(64, 64),
+                          TropicalRationalActivation(4, compiled=compiled), nn.Linear(64, 4))
+    x = torch.randn(32, 16)
+
+    def step(run):
+        model.zero_grad(set_to_none=True)
+        loss = run(x).square().mean()
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    loss_eager, grads_eager = step(model)
+    loss_compiled, grads_compiled = step(torch.compile(model))
+    torch.testing.assert_close(loss_compiled, loss_eager, rtol=1e-5, atol=1e-6)
+    for name, value in grads_eager.items():
+        torch.testing.assert_close(grads_compiled[name], value, rtol=1e-4, atol=1e-6, msg=name)

@@ -1024,6 +1024,8 @@ _KERNELS: dict = {}
 
 
 def _run_kernel(kernel: Callable, options: dict, *args):
+    if torch.compiler.is_compiling():
+        return kernel(*args)  # inside the user's torch.compile: traced into their graph, fused there
     compiled = _KERNELS.get(kernel)
     if compiled is None:
         compiled = _KERNELS[kernel] = torch.compile(kernel, options=options)
@@ -1051,10 +1053,14 @@ def _as_rows(x: torch.Tensor) -> torch.Tensor:
     columns = math.gcd(n, _ROW_BLOCK)
     if columns < 256 and x.dim() and x.shape[-1] > columns:
         columns = x.shape[-1]
-    rows = _flat(x).view(n // columns, columns)
-    # one kernel for any number of rows (>= 2); fully dynamic shapes would cost fusion (2-3x slower on CPU)
-    torch._dynamo.maybe_mark_dynamic(rows, 0)
-    return rows
+    return _rows_dynamic(_flat(x).view(n // columns, columns))
+
+
+def _rows_dynamic(t: torch.Tensor) -> torch.Tensor:
+    """One kernel for any number of rows (>= 2); fully dynamic shapes would cost fusion (2-3x slower on CPU)."""
+    if not torch.compiler.is_compiling():
+        torch._dynamo.maybe_mark_dynamic(t, 0)
+    return t
 
 
 def _from_rows(rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -1091,10 +1097,8 @@ class _CompiledFunction(torch.autograd.Function):
         x, *params = ctx.saved_tensors
         kind = ctx.kind
         rows = _as_rows(x)
-        grad_rows = _flat(_dense(grad, like=x)).view(rows.shape)
-        row_ones = rows.new_ones(rows.shape[0] if kind.fuse_rows else 1, 1, dtype=_compute_dtype(x))
-        for t in (grad_rows, row_ones):
-            torch._dynamo.maybe_mark_dynamic(t, 0)
+        grad_rows = _rows_dynamic(_flat(_dense(grad, like=x)).view(rows.shape))
+        row_ones = _rows_dynamic(rows.new_ones(rows.shape[0] if kind.fuse_rows else 1, 1, dtype=_compute_dtype(x)))
         grad_x, sums = _run_kernel(kind.backward_kernel, kind.options, rows, grad_rows, row_ones, *ctx.backward_args)
         grads = kind.parameter_gradients(sums, params, ctx.state)
         grad_x = _from_rows(grad_x, x) if ctx.needs_input_grad[1] else None
