@@ -1088,8 +1088,8 @@ class _CompiledFunction(torch.autograd.Function):
         x = _dense(x)
         ctx.kind = kind
         ctx.save_for_backward(x, *params)
-        ctx.forward_args, ctx.backward_args, ctx.state = kind.prepare(params, _compute_dtype(x))
-        y = _run_kernel(kind.forward_kernel, kind.options, _as_rows(x), *ctx.forward_args)
+        forward_args, ctx.backward_args, ctx.state = kind.prepare(params, _compute_dtype(x))
+        y = _run_kernel(kind.forward_kernel, kind.options, _as_rows(x), *forward_args)
         return _from_rows(y, x)
 
     @staticmethod
