@@ -291,6 +291,18 @@ class _OrthoActivation(nn.Module):
     # torchortho buffers that carry no information we need; accepted (and checked) when loading its state dicts
     _reference_buffers: tuple[str, ...] = ()
 
+    def __init__(self, degree: int, scheme: str, compiled: bool | None):
+        super().__init__()
+        self.degree = _check_degree(degree)
+        self.scheme = _check_scheme(scheme)
+        self.compiled = _check_compiled(compiled)
+
+    def _initialise(self, act_init: Callable[[torch.Tensor], torch.Tensor] | None, fit_cache_dir: str | None) -> None:
+        """The default init, then the optional fit to ``act_init``; called once the parameters exist."""
+        self.reset_parameters()
+        if act_init is not None:
+            fit_activation(self, act_init, cache_dir=fit_cache_dir)
+
     def initial_parameters(self) -> dict[str, torch.Tensor]:
         """Name -> freshly initialised value (in float64 on CPU) for every direct parameter."""
         raise NotImplementedError
@@ -362,18 +374,13 @@ class HermiteActivation(_OrthoActivation):
             device=None,
             dtype=None,
     ):
-        super().__init__()
-        self.compiled = _check_compiled(compiled)
-        self.degree = _check_degree(degree)
-        self.scheme = _check_scheme(scheme)
+        super().__init__(degree, scheme, compiled)
         self.coefficients = nn.Parameter(torch.empty(degree + 1, device=device, dtype=dtype),
                                          requires_grad=requires_grad)
         self.clamp = LearnableClamp(math.sqrt(3.0), device=device, dtype=dtype) if clamp else None
         self._basis = hermite_to_monomial(degree, scheme)
         self._basis_cache: dict = {}
-        self.reset_parameters()
-        if act_init is not None:
-            fit_activation(self, act_init, cache_dir=fit_cache_dir)
+        self._initialise(act_init, fit_cache_dir)
 
     def initial_parameters(self) -> dict[str, torch.Tensor]:
         n = self.degree
@@ -535,10 +542,7 @@ class FourierActivation(_OrthoActivation):
             device=None,
             dtype=None,
     ):
-        super().__init__()
-        self.compiled = _check_compiled(compiled)
-        self.degree = _check_degree(degree)
-        self.scheme = _check_scheme(scheme)
+        super().__init__(degree, scheme, compiled)
         dd = {"device": device, "dtype": dtype}
         self.fundamental = nn.Parameter(torch.empty(1, **dd), requires_grad=requires_grad)
         self.phases = nn.Parameter(torch.empty(degree, **dd), requires_grad=requires_grad)
@@ -549,9 +553,7 @@ class FourierActivation(_OrthoActivation):
         else:
             self._scale = [1.0] * degree
         self._scale_cache: dict = {}
-        self.reset_parameters()
-        if act_init is not None:
-            fit_activation(self, act_init, cache_dir=fit_cache_dir)
+        self._initialise(act_init, fit_cache_dir)
 
     def initial_parameters(self) -> dict[str, torch.Tensor]:
         n = self.degree
@@ -735,17 +737,12 @@ class TropicalActivation(_OrthoActivation):
             device=None,
             dtype=None,
     ):
-        super().__init__()
-        self.compiled = _check_compiled(compiled)
-        self.degree = _check_degree(degree)
-        self.scheme = _check_scheme(scheme)
+        super().__init__(degree, scheme, compiled)
         self.gain = math.sqrt(2.0) / degree if scheme == "default" else 1.0
         self.coefficients = nn.Parameter(torch.empty(degree + 1, device=device, dtype=dtype),
                                          requires_grad=requires_grad)
         self._slopes_cache: dict = {}
-        self.reset_parameters()
-        if act_init is not None:
-            fit_activation(self, act_init, cache_dir=fit_cache_dir)
+        self._initialise(act_init, fit_cache_dir)
 
     def initial_parameters(self) -> dict[str, torch.Tensor]:
         return {"coefficients": torch.ones(self.degree + 1, dtype=torch.float64)}
@@ -807,16 +804,11 @@ class TropicalRationalActivation(_OrthoActivation):
             device=None,
             dtype=None,
     ):
-        super().__init__()
-        self.compiled = _check_compiled(compiled)
-        self.degree = _check_degree(degree)
-        self.scheme = _check_scheme(scheme)  # both torchortho versions share this activation
+        super().__init__(degree, scheme, compiled)  # (both torchortho versions share this activation)
         dd = {"device": device, "dtype": dtype}
         for name in ("powers_num", "powers_denom", "coefficients_num", "coefficients_denom"):
             setattr(self, name, nn.Parameter(torch.empty(degree + 1, **dd), requires_grad=requires_grad))
-        self.reset_parameters()
-        if act_init is not None:
-            fit_activation(self, act_init, cache_dir=fit_cache_dir)
+        self._initialise(act_init, fit_cache_dir)
 
     def initial_parameters(self) -> dict[str, torch.Tensor]:
         n = self.degree + 1
