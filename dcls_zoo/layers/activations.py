@@ -181,7 +181,7 @@ def _horner(x: torch.Tensor, coefficients: Sequence, out: torch.Tensor | None = 
 # On CPU the eager functions below work through their data in cache-sized pieces, so that each of their many
 # elementwise passes reads and writes a core's L2 cache rather than main memory; elsewhere the one piece is the
 # whole tensor (kernel launches, not memory passes, are what a GPU would pay for).
-_CPU_PIECE = 1 << 18  # 1 MiB of float32: fastest of 2^15..2^23 on a GPT-2 MLP activation (1 thread)
+_CPU_PIECE = 1 << 18  # 1 MiB of float32: smaller pieces pay per-op overhead, larger ones fall out of cache
 
 
 def _dense(t: torch.Tensor, like: torch.Tensor | None = None) -> torch.Tensor:
@@ -851,9 +851,9 @@ class TropicalRationalActivation(_OrthoActivation):
 # Compiled kernels (opt-in)
 # ----------------------------------------------------------------------------------------------------------------
 #
-# The eager functions above make one pass over memory per elementwise op; Fourier needs 15 sine/cosine passes
-# per forward+backward and a single torch.cos pass over a GPT-2 MLP activation already costs ~0.7x GELU's whole
-# forward+backward on a CPU, so eager Fourier (and TropicalRational, 4 x 7 masked sums) cannot come near GELU.
+# The eager functions above make one pass over the data per elementwise op. Fourier needs 15 full sine/cosine
+# passes per forward+backward (its frequencies are learnable), each about as costly as GELU itself on a CPU, so
+# eager Fourier (and TropicalRational, with its many masked sums) cannot come near GELU's time (BENCHMARKS.md).
 # With compiled=True each activation runs as two torch.compile'd kernels, one loop over the data each:
 # forward, and backward producing the input gradient and per-row partial sums for the parameters together.
 # Sine and cosine are short polynomials after range reduction (float32 accurate; float64 uses torch's own), the
@@ -928,7 +928,7 @@ def _upcast(t: torch.Tensor) -> torch.Tensor:
 
 # The backward kernels multiply the input gradient by `row_ones` (rows, 1): a per-row operand keeps Inductor from
 # flattening that pointwise loop, so it fuses with the per-row sums into one pass over the data (sin/cos computed
-# once instead of twice; ~25% faster on CPU).
+# once instead of twice).
 
 
 def _fourier_forward_kernel(x, fundamental, phases, weights, grid):
@@ -1049,7 +1049,7 @@ def _as_rows(x: torch.Tensor) -> torch.Tensor:
 
 
 def _rows_dynamic(t: torch.Tensor) -> torch.Tensor:
-    """One kernel for any number of rows (>= 2); fully dynamic shapes would cost fusion (2-3x slower on CPU)."""
+    """One kernel for any number of rows (>= 2); fully dynamic shapes would lose the fusion of the loops."""
     if not torch.compiler.is_compiling():
         torch._dynamo.maybe_mark_dynamic(t, 0)
     return t
@@ -1137,7 +1137,7 @@ class _CompiledMaxAffine:
 
     forward_kernel = staticmethod(_max_affine_forward_kernel)
     backward_kernel = staticmethod(_max_affine_backward_kernel)
-    fuse_rows = False  # measured: the fused loop runs out of registers with this many masked sums
+    fuse_rows = False  # with this many masked sums, one fused loop measured slower than two
     options = _KERNEL_OPTIONS
 
     @staticmethod
