@@ -8,6 +8,7 @@ from .dcls import (  # noqa: F401
     DCLS_VERSIONS, Dcls1d, Dcls2d, Dcls3d, DclsModelMixin, DclsNd, clamp_dcls_parameters, construct_dcls_kernel,
     dcls_position_parameter_names,
 )
+from .dcls_partial import Dcls2dK1d, Dcls3_1d  # noqa: F401
 from .metrics import average_precision_per_class, mean_average_precision  # noqa: F401
 from .replace import (  # noqa: F401
     check_shared_copies_equal, dclsify, default_stage_groups, freeze_dcls, is_depthwise_conv2d,
