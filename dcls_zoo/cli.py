@@ -39,7 +39,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "train", help="train or fine-tune a zoo model with Accelerate (no arguments: the digits demo)",
         description="Train or fine-tune any registered model on a Hub data set or a local folder, then write a "
                     "Hub-ready folder, reload it and evaluate it again. With no arguments: a small DCLS ConvNeXt "
-                    "on scikit-learn's digits, on the CPU, in a few minutes. Also runs under `accelerate launch`.")
+                    "on scikit-learn's digits, on the CPU, in about a minute. Also runs under `accelerate launch`.")
     add_train_arguments(p)
 
 
@@ -51,7 +51,7 @@ def _run_train(args: argparse.Namespace) -> int:
     try:
         cfg, preset = config_from_args(args)
         run_training(cfg, preset=preset)
-    except (ValueError, FileNotFoundError, NonFiniteLossError) as err:
+    except (ValueError, OSError, NonFiniteLossError) as err:  # OSError: unreadable data, read-only or full disk
         print(f"dcls-zoo train: error: {err}", file=sys.stderr)
         return 1
     return 0

@@ -105,7 +105,7 @@ def test_finetune_pretrained_folder_replaces_head_explicitly(tmp_path, image_fol
     source = timm.create_model("test_convnext", num_classes=7)
     save_for_hf(source, str(tmp_path / "src"), safe_serialization=True)
     cfg = tiny_image_config(tmp_path, image_folder, model=f"local-dir:{tmp_path / 'src'}", model_kwargs={},
-                            pretrained=True, max_steps=0, save_model=False)
+                            pretrained=True, max_steps=1, save_model=False)
     with caplog.at_level("WARNING"):
         trainer = Trainer(cfg)
     model = trainer.model

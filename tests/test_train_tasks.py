@@ -150,7 +150,7 @@ def test_snn_events_columns_are_binned_like_snn_delays(tmp_path):
     rows = {"times": [[0.100, 0.105, 0.131], [0.0, 0.012]], "units": [[1, 1, 2], [0, 3]], "label": [0, 1]}
     datasets.Dataset.from_dict(rows).save_to_disk(str(tmp_path / "events"))
     cfg = TrainConfig(task="snn", model="snn_delays_shd", dataset=str(tmp_path / "events"), num_classes=2,
-                      input_column="times,units", snn_channels=4, snn_channel_bins=2, batch_size=1, max_steps=0,
+                      input_column="times,units", snn_channels=4, snn_channel_bins=2, batch_size=1, max_steps=1,
                       model_kwargs=dict(num_inputs=2, hidden_sizes=[4], max_delay=3, img_size=[4, 2]),
                       output_dir=str(tmp_path / "out"), **COMMON)
     trainer = Trainer(cfg)

@@ -101,8 +101,10 @@ def read_jsonl(path: str) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def plot_training_curves(records: list[dict[str, Any]], path: str, main_metric: str | None = None) -> str | None:
-    """PNG with training loss and learning rate against steps and the evaluation metrics; None without
+def plot_training_curves(records: list[dict[str, Any]], path: str, main_metric: str | None = None,
+                         title: str | None = None) -> str | None:
+    """PNG with training loss and learning rate against steps and the evaluation metrics, titled `title` (e.g.
+    model and data); every logged point is marked, so a short run still shows its points. None without
     matplotlib (install the `train` extra)."""
     try:
         import matplotlib
@@ -117,14 +119,15 @@ def plot_training_curves(records: list[dict[str, Any]], path: str, main_metric: 
     eval_keys = [k for k in (f"eval_{main_metric}", "eval_loss") if any(k in r for r in evals)]
     fig, axes = plt.subplots(1, 2 + (len(eval_keys) > 1), figsize=(4.2 * (2 + (len(eval_keys) > 1)), 3.4))
     ax = axes[0]
-    ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss (augmented)")
+    ax.plot([r["step"] for r in train], [r["loss"] for r in train], ".-",
+            label="train loss (mean per log window, augmented)")
     if "eval_loss" in eval_keys:
         ax.plot([r["step"] for r in evals], [r["eval_loss"] for r in evals], "o-", label="eval loss")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss")
     ax.legend()
     ax = axes[1]
-    ax.plot([r["step"] for r in train], [r["lr"] for r in train])
+    ax.plot([r["step"] for r in train], [r["lr"] for r in train], ".-")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("learning rate")
     if len(eval_keys) > 1:
@@ -133,6 +136,8 @@ def plot_training_curves(records: list[dict[str, Any]], path: str, main_metric: 
         ax.plot([r["step"] for r in evals if key in r], [r[key] for r in evals if key in r], "o-")
         ax.set_xlabel("optimizer step")
         ax.set_ylabel(key.replace("eval_", "eval "))
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

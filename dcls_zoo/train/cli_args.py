@@ -41,8 +41,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
         text = helps.get(f.name, "")
         default = getattr(defaults, f.name)
-        kwargs: dict[str, Any] = dict(dest=f.name, default=argparse.SUPPRESS,
-                                      help=f"{text} (default: {default})" if text else f"(default: {default})")
+        # a comment that states its own default ("default: the model's pretrained_cfg") is the only one printed
+        shown = text if "default" in text else f"{text} (default: {default})" if text else f"(default: {default})"
+        kwargs: dict[str, Any] = dict(dest=f.name, default=argparse.SUPPRESS, help=shown)
         if kind == "bool":
             kwargs["action"] = argparse.BooleanOptionalAction
         elif kind.startswith("tuple"):

@@ -90,10 +90,11 @@ class TrainConfig:
     cpu: bool = False
     output_dir: str = "dcls-zoo-output"
     save_every: int | None = None  # optimiser steps between checkpoints (default: at the end of each epoch)
-    keep_checkpoints: int = 2
-    resume: bool = False  # continue from the latest checkpoint in output_dir/checkpoints
+    keep_checkpoints: int = 2  # newest checkpoints of this run kept in output_dir/checkpoints; 0: none are written
+    resume: bool = False  # continue the run in output_dir from its latest checkpoint
+    overwrite: bool = False  # replace the run in a non-empty output_dir (its checkpoints/ and logs/ are deleted)
     eval_every_epochs: int = 1
-    log_every: int = 10
+    log_every: int = 10  # optimiser steps per logs/metrics.jsonl line; its loss is the mean over those steps
     report_to: str = "auto"  # auto (TensorBoard when installed) | tensorboard | none
     progress: bool = True
     save_model: bool = True  # write the Hub-ready folder (weights, config, card, curves, results) at the end
@@ -115,8 +116,11 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.save_every is not None and self.save_every < 1:
             raise ValueError(f"save_every must be >= 1 optimiser steps, got {self.save_every}")
-        if self.max_steps is not None and self.max_steps < 0:
-            raise ValueError(f"max_steps must be >= 0, got {self.max_steps}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1 optimiser steps (or unset to train --epochs), got "
+                             f"{self.max_steps}")
+        if self.keep_checkpoints < 0:
+            raise ValueError(f"keep_checkpoints must be >= 0 (0: write no checkpoints), got {self.keep_checkpoints}")
         if self.dataset == "digits" and self.task != "image":
             raise ValueError(f"the built-in 'digits' data set is for task 'image'; pass --dataset for task "
                              f"{self.task!r}")
@@ -205,7 +209,7 @@ def command_line(cfg: TrainConfig, preset: str | None = None) -> str:
     parts = ["dcls-zoo", "train", "--preset", preset if preset is not None else "none"]
     for f in dataclasses.fields(TrainConfig):
         value, default = getattr(cfg, f.name), getattr(base, f.name)
-        if f.name in ("resume", "progress") or value == default or (
+        if f.name in ("resume", "overwrite", "progress") or value == default or (
                 isinstance(value, (tuple, list)) and tuple(value) == tuple(default or ())):
             continue
         if isinstance(value, bool):

@@ -166,6 +166,9 @@ def _load_any(name: str, config_name: str | None):
 
     if name == "digits":
         return None  # handled by the caller, which knows the seed
+    if not os.path.exists(name) and name.startswith((".", "/", "~")):
+        raise FileNotFoundError(f"--dataset {name}: no such folder or file (a local path; Hub data sets are named "
+                                "ORG/NAME)")
     if os.path.isfile(name):
         builder = "text" if name.endswith((".txt", ".text", ".md")) else None
         if builder is None:
@@ -280,15 +283,17 @@ def class_names_of(feature: Any) -> list[str] | None:
 
 @contextlib.contextmanager
 def seeded_rng(seed: int) -> Iterator[None]:
-    """Run a block with Python, NumPy and torch RNGs seeded by `seed`, then restore all three.
+    """Run a block with the Python, NumPy and torch CPU generators seeded by `seed`, then restore all three.
 
     Per-sample augmentation runs under `seeded_rng(hash(run seed, epoch, index))`, so a sample's augmentation does
-    not depend on which worker draws it, on prefetching, or on where an interrupted run resumed.
+    not depend on which worker draws it, on prefetching, or on where an interrupted run resumed. Only the CPU
+    generator is seeded (augmentation runs on the CPU): `torch.manual_seed` would also reseed every CUDA
+    generator, whose state drop-path and dropout on the GPU depend on.
     """
     py_state, np_state, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
     random.seed(seed)
     np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
+    torch.default_generator.manual_seed(seed)
     try:
         yield
     finally:

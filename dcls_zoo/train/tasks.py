@@ -96,6 +96,14 @@ class TaskAdapter:
         import timm
 
         cfg = self.cfg
+        name = cfg.model
+        if not name.startswith(("local-dir:", "hf-hub:")) and not timm.is_model(name.split(".")[0]):
+            close = timm.list_models(f"*{name.split('.')[0][:4]}*")[:5]
+            raise ValueError(f"--model {name!r} is not a registered timm model" + (
+                f" (similar: {', '.join(close)})" if close else "") + "; list them with `dcls-zoo models` or "
+                "timm.list_models()")
+        if name.startswith("local-dir:") and not os.path.isdir(name[len("local-dir:"):]):
+            raise FileNotFoundError(f"--model {name}: no such folder")
         kwargs: dict[str, Any] = dict(cfg.model_kwargs)
         kwargs.update(extra)
         if cfg.in_chans is not None:
@@ -137,8 +145,15 @@ class TaskAdapter:
 def _as_pil(value: Any, mode: str):
     from PIL import Image
 
-    if isinstance(value, dict):  # an undecoded datasets Image value
-        value = Image.open(io.BytesIO(value["bytes"])) if value.get("bytes") else Image.open(value["path"])
+    if isinstance(value, dict):  # an undecoded datasets Image value: decoded here, so a bad file is named
+        where = value.get("path") or "an image stored in the data set"
+        try:
+            value = Image.open(io.BytesIO(value["bytes"])) if value.get("bytes") else Image.open(value["path"])
+            value.load()
+        except (OSError, ValueError, SyntaxError, EOFError) as err:
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise ValueError(f"cannot read image {where}: {reason} (corrupt or truncated?); fix or remove it from "
+                             "the data set") from None
     elif isinstance(value, np.ndarray):
         value = Image.fromarray(value)
     return value if value.mode == mode else value.convert(mode)
@@ -183,6 +198,13 @@ class ImageClassification(TaskAdapter):
 
             self.mixup_fn = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.smoothing,
                                   num_classes=self.num_classes)
+
+    def prepare_rows(self, ds, training):
+        import datasets
+
+        if isinstance(ds.features.get(self.input_column), datasets.Image):
+            ds = ds.cast_column(self.input_column, datasets.Image(decode=False))  # decoded by `_as_pil`
+        return ds
 
     def transform(self, row: dict, training: bool) -> dict:
         image = _as_pil(row[self.input_column], self.image_mode)

@@ -3,8 +3,13 @@
 Runs the same way as `dcls-zoo train ...` or under `accelerate launch` (several processes, mixed precision,
 gradient accumulation). Exact resumption: data order is a function of (seed, epoch), per-sample augmentation
 runs under an RNG seeded by (seed, epoch, index), the learning rate is a function of the step, and checkpoints
-(Accelerate `save_state`: model, optimiser, RNG states; plus the step) are written atomically, so a run killed at
-any moment and resumed from its last checkpoint ends with the same weights as an uninterrupted run.
+(`checkpoint.py`: model, EMA, optimiser and every process's RNG states as safetensors and JSON, no pickle; plus the
+step) are written atomically, so a run killed at any moment and resumed from its last checkpoint ends with the same
+weights as an uninterrupted run.
+
+The output folder is never silently reused: a folder that holds files needs `--resume` (continue its run) or
+`--overwrite` (start afresh: its `checkpoints/` and `logs/` are deleted, the files a run writes are replaced).
+Checkpoint pruning (`--keep-checkpoints`) only ever deletes checkpoints of the current run.
 """
 from __future__ import annotations
 
@@ -15,11 +20,13 @@ import math
 import os
 import shutil
 import time
+import uuid
 from typing import Any
 
 import torch
 import torch.nn as nn
 
+from . import checkpoint as ckpt
 from .callbacks import (
     Callback,
     ClampDclsPositions,
@@ -38,18 +45,29 @@ from .tasks import TASK_ADAPTERS, TaskAdapter
 _logger = logging.getLogger(__name__)
 
 # settings that may change between a run and its resumption without changing the result
-RESUME_FREE_FIELDS = {"resume", "output_dir", "progress", "report_to", "log_every", "num_workers", "save_every",
-                      "keep_checkpoints", "eval_batch_size", "save_model", "hub_model_id"}
-CHECKPOINT_DIR = "checkpoints"
+RESUME_FREE_FIELDS = {"resume", "overwrite", "output_dir", "progress", "report_to", "log_every", "num_workers",
+                      "save_every", "keep_checkpoints", "eval_batch_size", "save_model", "hub_model_id"}
+CHECKPOINT_DIR = "checkpoints"  # everything a resume reads lives here (push skips it)
+LOGS_DIR = "logs"
 CHECKPOINT_PREFIX = "step_"
-TRAINER_STATE = "trainer_state.json"
+TRAINER_STATE = ckpt.TRAINER_STATE
 METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "training_curves.png"
 
 
+def _first_file(folder: str) -> str | None:
+    """Some file under `folder` (walks only until one is found), None when it holds none."""
+    for root, _, files in os.walk(folder):
+        if files:
+            return os.path.join(root, files[0])
+    return None
 
-def _drop_tied_alias_warning(record: logging.LogRecord) -> bool:
-    return "Removed shared tensor" not in record.getMessage()
+
+def _io_error(what: str, path: str, err: OSError) -> OSError:
+    """The same OSError kind with one line saying what could not be written where, and why."""
+    reason = err.strerror or str(err)
+    out = type(err)(err.errno, f"cannot {what} {path}: {reason}; choose another --output-dir or free the disk")
+    return out
 
 class NonFiniteLossError(RuntimeError):
     """Training stopped because the loss became NaN or infinite; `checkpoint` is the last good one (or None)."""
@@ -107,10 +125,9 @@ class Trainer:
                              "fp32; use bf16 (or no) on CPU")
         self.trackers_enabled = report_to != "none"
         self.output_dir = cfg.output_dir
-        self.logging_dir = os.path.join(self.output_dir, "logs")
+        self.logging_dir = os.path.join(self.output_dir, LOGS_DIR)
         self.checkpoint_dir = os.path.join(self.output_dir, CHECKPOINT_DIR)
-        if self.accelerator.is_main_process:
-            os.makedirs(self.logging_dir, exist_ok=True)
+        self._check_output_dir()
         set_seed(cfg.seed)
 
         # data
@@ -134,6 +151,7 @@ class Trainer:
             model = self.adapter.build_model()
         self.adapter.setup_inputs(model)
         self.model = model
+        self._prepare_output_dir()  # the first write: after everything that can refuse the run
 
         adapter = self.adapter
         self.train_set = TransformedDataset(train_rows, functools.partial(adapter.transform, training=True),
@@ -150,14 +168,13 @@ class Trainer:
             num_workers=cfg.num_workers, collate_fn=adapter.collate)
 
         self.optimizer = create_optimizer(self.model, cfg)
-        # the EMA copies the model before `prepare` patches its forward; its state is part of every checkpoint
+        # the EMA copies the model before `prepare` patches its forward; every checkpoint holds it (ema.safetensors)
         self.ema = WeightEma(self.model, cfg.model_ema_decay) if cfg.model_ema_decay is not None else None
         self.prepared_model, self.prepared_optimizer, self.train_loader, self.eval_loader = self.accelerator.prepare(
             self.model, self.optimizer, train_loader, eval_loader)
         self.eval_model = self.prepared_model
         if self.ema is not None:
             self.ema.to(self.accelerator.device)
-            self.accelerator.register_for_checkpointing(self.ema)
             self.eval_model = self.accelerator.prepare_model(self.ema.module, evaluation_mode=True)
         self.micro_batches_per_epoch = len(self.train_loader)
         self.steps_per_epoch = math.ceil(self.micro_batches_per_epoch / cfg.grad_accum_steps)
@@ -176,7 +193,10 @@ class Trainer:
 
         self.global_step = 0
         self.epoch = 0
-        self.last_loss = float("nan")
+        self.run_id = uuid.uuid4().hex  # tags this run's checkpoints: pruning never touches another run's
+        self.last_loss = float("nan")  # mean over the micro-batches of the last optimiser step (progress bar)
+        self.loss_total, self.loss_steps = 0.0, 0  # sum / count of those over the run: `train_loss` in results
+        self._trackers_open = False
         self.samples_per_second = 0.0
         self.last_checkpoint: str | None = None
         self.eval_history: list[dict[str, Any]] = []
@@ -199,44 +219,105 @@ class Trainer:
         for cb in self.callbacks:
             getattr(cb, hook)(self, *args)
 
+    # --- output folder ----------------------------------------------------------------------------------
+    def _check_output_dir(self) -> None:
+        cfg = self.cfg
+        if cfg.resume and cfg.overwrite:
+            raise ValueError("--resume continues the run in --output-dir and --overwrite replaces it: give one")
+        if os.path.exists(self.output_dir) and not os.path.isdir(self.output_dir):
+            raise ValueError(f"--output-dir {self.output_dir} is a file, not a folder")
+        if not cfg.resume and not cfg.overwrite and os.path.isdir(self.output_dir):
+            found = _first_file(self.output_dir)
+            if found is not None:
+                raise ValueError(f"--output-dir {self.output_dir} is not empty (it holds {found}); pass --resume to "
+                                 "continue its run, --overwrite to replace it, or choose another folder")
+        self.accelerator.wait_for_everyone()  # every process has looked before any writes
+
+    def _prepare_output_dir(self) -> None:
+        acc = self.accelerator
+        if acc.is_main_process:
+            if self.cfg.overwrite:  # asked for: the previous run's state goes, the files of the same names later
+                for sub in (self.checkpoint_dir, self.logging_dir):
+                    shutil.rmtree(sub, ignore_errors=True)
+            try:
+                os.makedirs(self.logging_dir, exist_ok=True)
+            except OSError as err:
+                raise _io_error("create", self.logging_dir, err) from None
+        acc.wait_for_everyone()
+
     # --- checkpoints ------------------------------------------------------------------------------------
     def _checkpoints(self) -> list[tuple[int, str]]:
+        """Complete checkpoints in the folder (any run's), by step."""
         if not os.path.isdir(self.checkpoint_dir):
             return []
         found = []
         for name in os.listdir(self.checkpoint_dir):
             path = os.path.join(self.checkpoint_dir, name)
-            if name.startswith(CHECKPOINT_PREFIX) and os.path.exists(os.path.join(path, TRAINER_STATE)):
-                found.append((int(name[len(CHECKPOINT_PREFIX):]), path))
+            number = name[len(CHECKPOINT_PREFIX):]
+            if name.startswith(CHECKPOINT_PREFIX) and number.isdigit() and os.path.isdir(path) \
+                    and os.path.exists(os.path.join(path, TRAINER_STATE)):
+                found.append((int(number), path))
         return sorted(found)
 
-    def save_checkpoint(self) -> str:
-        """Accelerate `save_state` into a temporary folder, then an atomic rename: a run killed while saving never
-        leaves a half-written checkpoint behind."""
-        acc = self.accelerator
+    def _run_of(self, path: str) -> str | None:
+        try:
+            with open(os.path.join(path, TRAINER_STATE), encoding="utf-8") as f:
+                return json.load(f).get("run_id")
+        except (OSError, ValueError, AttributeError):
+            return None
+
+    def _model_state_dict(self) -> dict[str, torch.Tensor]:
+        """The full model state (every process calls this: under sharding engines it gathers)."""
+        return self.accelerator.get_state_dict(self.prepared_model)
+
+    def _optimizer_state_dict(self) -> dict[str, Any]:
+        return self.optimizer.state_dict()
+
+    def save_checkpoint(self) -> str | None:
+        """Write model, EMA, optimiser, RNG states and trainer state (safetensors and JSON, no pickle) into a
+        temporary folder, then rename it: a run killed while saving never leaves a half-written checkpoint.
+        With `keep_checkpoints=0` nothing is written (returns None)."""
+        acc, cfg = self.accelerator, self.cfg
+        if cfg.keep_checkpoints == 0:
+            return None
         final = os.path.join(self.checkpoint_dir, f"{CHECKPOINT_PREFIX}{self.global_step:08d}")
         tmp = os.path.join(self.checkpoint_dir, f".tmp-{CHECKPOINT_PREFIX}{self.global_step:08d}")
-        if acc.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-            os.makedirs(tmp)
-        acc.wait_for_everyone()
-        # Accelerate warns that it dropped the aliases of tied tensors (the per-stage shared DCLS positions): they
-        # are one Parameter in the model, so `load_state` restores them (the exact-resume test checks this).
-        alias_logger = logging.getLogger("accelerate.utils.other")
-        alias_logger.addFilter(_drop_tied_alias_warning)
+        # the generator states as they are now, before anything below could draw from them
+        rng = ckpt.rng_states()
+        model_state = self._model_state_dict()
         try:
-            acc.save_state(output_dir=tmp)
-        finally:
-            alias_logger.removeFilter(_drop_tied_alias_warning)
-        acc.wait_for_everyone()
+            if acc.is_main_process:
+                shutil.rmtree(tmp, ignore_errors=True)
+                os.makedirs(tmp)
+            acc.wait_for_everyone()
+            ckpt.write_json(os.path.join(tmp, ckpt.rng_state_file(acc.process_index)), rng)  # every process
+            if acc.is_main_process:
+                files = [ckpt.MODEL_FILE] + [ckpt.rng_state_file(r) for r in range(acc.num_processes)]
+                ckpt.save_module_state(os.path.join(tmp, ckpt.MODEL_FILE), model_state)
+                if self.ema is not None:
+                    ckpt.save_module_state(os.path.join(tmp, ckpt.EMA_FILE), self.ema.module.state_dict())
+                    files.append(ckpt.EMA_FILE)
+                files += ckpt.save_optimizer_state(tmp, self._optimizer_state_dict())
+                if acc.scaler is not None:
+                    ckpt.write_json(os.path.join(tmp, ckpt.SCALER_FILE), acc.scaler.state_dict())
+                    files.append(ckpt.SCALER_FILE)
+            acc.wait_for_everyone()
+            if acc.is_main_process:
+                state = {"format": ckpt.FORMAT_VERSION, "run_id": self.run_id, "global_step": self.global_step,
+                         "epoch": self.epoch, "accelerator_step": acc.step, "num_processes": acc.num_processes,
+                         "loss_total": self.loss_total, "loss_steps": self.loss_steps,
+                         "eval_history": self.eval_history, "config": cfg.to_dict(),
+                         "files": ckpt.file_sizes(tmp, files)}
+                ckpt.write_json(os.path.join(tmp, TRAINER_STATE), state)
+                shutil.rmtree(final, ignore_errors=True)
+                os.replace(tmp, final)
+        except OSError as err:
+            if acc.is_main_process:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise _io_error("write the checkpoint", final, err) from None
         if acc.is_main_process:
-            state = {"global_step": self.global_step, "epoch": self.epoch, "eval_history": self.eval_history,
-                     "config": self.cfg.to_dict()}
-            with open(os.path.join(tmp, TRAINER_STATE), "w") as f:
-                json.dump(state, f, indent=1)
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
-            for _, old in self._checkpoints()[:-self.cfg.keep_checkpoints]:
+            ours = [path for _, path in self._checkpoints() if self._run_of(path) == self.run_id]
+            for old in ours[:max(len(ours) - cfg.keep_checkpoints, 0)]:
                 shutil.rmtree(old, ignore_errors=True)
         acc.wait_for_everyone()
         self.last_checkpoint = final
@@ -244,29 +325,60 @@ class Trainer:
 
     def _resume(self) -> int:
         """Load the latest complete checkpoint; returns the number of micro-batches to skip in its epoch."""
+        acc = self.accelerator
         checkpoints = self._checkpoints()
         if not checkpoints:
             raise FileNotFoundError(f"--resume: no checkpoint in {self.checkpoint_dir}")
         step, path = checkpoints[-1]
-        with open(os.path.join(path, TRAINER_STATE)) as f:
-            state = json.load(f)
-        saved, now = state.get("config", {}), self.cfg.to_dict()
-        changed = [k for k in now if k not in RESUME_FREE_FIELDS and k in saved and saved[k] != now[k]]
+        state_path = os.path.join(path, TRAINER_STATE)
+        state = ckpt.read_json(state_path)
+        if not isinstance(state, dict) or not isinstance(state.get("files"), dict):
+            raise ckpt.CheckpointError(
+                f"--resume: {state_path} is not a dcls-zoo checkpoint state (it has no file list; checkpoints of "
+                "dcls-zoo before 0.2 were Accelerate pickles, which are not read): start again with --overwrite")
+        try:
+            saved, now = state["config"], self.cfg.to_dict()
+            changed = [k for k in now if k not in RESUME_FREE_FIELDS and k in saved and saved[k] != now[k]]
+            global_step, processes = int(state["global_step"]), int(state["num_processes"])
+            listed = {str(k): int(v) for k, v in state["files"].items()}
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise ckpt.CheckpointError(f"--resume: {state_path} is not a valid trainer state (bad or missing "
+                                       f"entry: {err}); resume from an earlier checkpoint (delete this folder) or "
+                                       "start again with --overwrite") from None
         if changed:
             raise ValueError(f"--resume: {path} was written with other settings ("
                              + ", ".join(f"{k}={saved[k]!r} now {now[k]!r}" for k in changed)
                              + "); an exact continuation needs the same ones")
-        self.accelerator.load_state(path)
-        self.global_step = state["global_step"]
+        if processes != acc.num_processes:
+            raise ValueError(f"--resume: {path} was written by {processes} process(es), this run has "
+                             f"{acc.num_processes}; an exact continuation needs the same number")
+        ckpt.check_listed_files(path, listed)
+        if (self.ema is not None) != (ckpt.EMA_FILE in listed):
+            raise ckpt.CheckpointError(f"--resume: {path} {'has no' if self.ema is not None else 'has an'} "
+                                       f"{ckpt.EMA_FILE} but this run {'keeps' if self.ema else 'keeps no'} an EMA")
+        ckpt.load_module_state(os.path.join(path, ckpt.MODEL_FILE), self.unwrapped_model())
+        if self.ema is not None:
+            ckpt.load_module_state(os.path.join(path, ckpt.EMA_FILE), self.ema.module)
+        ckpt.load_optimizer_state(path, self.optimizer)
+        if acc.scaler is not None:
+            if ckpt.SCALER_FILE not in listed:
+                raise ckpt.CheckpointError(f"--resume: {path} has no {ckpt.SCALER_FILE} (fp16 gradient scaler)")
+            acc.scaler.load_state_dict(ckpt.read_json(os.path.join(path, ckpt.SCALER_FILE)))
+        ckpt.set_rng_states(os.path.join(path, ckpt.rng_state_file(acc.process_index)))
+        acc.step = int(state.get("accelerator_step", 0))
+        self.global_step = global_step
+        self.epoch = int(state.get("epoch", 0))
+        self.run_id = state.get("run_id") or self.run_id
+        self.loss_total, self.loss_steps = float(state.get("loss_total", 0.0)), int(state.get("loss_steps", 0))
         self.eval_history = state.get("eval_history", [])
         self.last_checkpoint = path
         if self.scheduler is not None:
             self.scheduler.step_update(self.global_step)
-        if self.accelerator.is_main_process:  # drop log lines written after this checkpoint by the killed run
+        if acc.is_main_process:  # drop log lines written after this checkpoint by the killed run
             records = [r for r in read_jsonl(self.metrics_path) if r["step"] <= self.global_step]
             with open(self.metrics_path, "w") as f:
                 f.writelines(json.dumps(r) + "\n" for r in records)
-        self.accelerator.print(f"resumed from {path} (optimizer step {self.global_step})")
+        acc.print(f"resumed from {path} (optimizer step {self.global_step})")
         return (self.global_step % self.steps_per_epoch) * self.cfg.grad_accum_steps
 
     # --- evaluation -------------------------------------------------------------------------------------
@@ -292,6 +404,7 @@ class Trainer:
         if self.trackers_enabled:
             acc.init_trackers("dcls-zoo", config={k: v for k, v in cfg.to_dict().items()
                                                  if isinstance(v, (int, float, str, bool))})
+            self._trackers_open = True
         skip = self._resume() if cfg.resume else 0
         if not cfg.resume and acc.is_main_process and os.path.exists(self.metrics_path):
             os.remove(self.metrics_path)
@@ -340,6 +453,8 @@ class Trainer:
                 if self.scheduler is not None:
                     self.scheduler.step_update(self.global_step)
                 self.last_loss = loss_sum / loss_count
+                self.loss_total += self.last_loss
+                self.loss_steps += 1
                 loss_sum, loss_count = 0.0, 0
                 now = time.perf_counter()
                 self.samples_per_second = window_samples / max(now - window_t, 1e-9)
@@ -349,7 +464,7 @@ class Trainer:
                     self.ema.update(self.unwrapped_model(), self.global_step)
                 if progress is not None:
                     progress.update(1)
-                    progress.set_postfix(loss=f"{self.last_loss:.4f}", lr=f"{self.current_lr:.2e}",
+                    progress.set_postfix(step_loss=f"{self.last_loss:.4f}", lr=f"{self.current_lr:.2e}",
                                          samples_s=f"{self.samples_per_second:.1f}", refresh=False)
                 epoch_ends = self.global_step % self.steps_per_epoch == 0
                 if cfg.save_every and self.global_step % cfg.save_every == 0:
@@ -377,9 +492,20 @@ class Trainer:
         self._call("on_train_end")
         results = self._final_results()
         acc.wait_for_everyone()
-        if self.trackers_enabled:
-            acc.end_training()
+        self.finish_trackers()  # the process group stays up: the caller may still save, reload and evaluate
         return results
+
+    def finish_trackers(self) -> None:
+        """Flush and close the trackers (TensorBoard); unlike `Accelerator.end_training`, keeps the process group."""
+        if self._trackers_open:
+            for tracker in self.accelerator.trackers:
+                tracker.finish()
+            self._trackers_open = False
+
+    def end_training(self) -> None:
+        """Close the trackers and tear the process group down: the last call of a job, after every collective."""
+        self.finish_trackers()
+        self.accelerator.state.destroy_process_group()
 
     def _run_eval(self) -> dict[str, float]:
         metrics = self.evaluate(model=self.eval_model)
@@ -395,7 +521,9 @@ class Trainer:
                                                     if k not in ("step", "epoch")},
                         "eval_samples": self.num_eval_samples}
         train_results = {"epoch": round(self.epoch_progress, 4), "global_step": self.global_step,
-                         "train_loss": self.last_loss, "train_runtime": round(self.train_runtime, 2),
+                         # as transformers' Trainer: the mean training loss over every optimiser step of the run
+                         "train_loss": self.loss_total / self.loss_steps if self.loss_steps else float("nan"),
+                         "train_runtime": round(self.train_runtime, 2),
                          "train_samples": self.num_train_samples,
                          "train_samples_per_second": round(
                              self.global_step * self.cfg.batch_size * self.cfg.grad_accum_steps
