@@ -8,4 +8,5 @@ from . import snn_delays  # noqa: F401
 from . import dcls_audio  # noqa: F401
 from . import dcls_resnet  # noqa: F401
 from . import ortho_convnext  # noqa: F401
+from . import pann  # noqa: F401
 # family modules are added above this line, one import each
