@@ -119,15 +119,15 @@ def plot_training_curves(records: list[dict[str, Any]], path: str, main_metric: 
     eval_keys = [k for k in (f"eval_{main_metric}", "eval_loss") if any(k in r for r in evals)]
     fig, axes = plt.subplots(1, 2 + (len(eval_keys) > 1), figsize=(4.2 * (2 + (len(eval_keys) > 1)), 3.4))
     ax = axes[0]
-    ax.plot([r["step"] for r in train], [r["loss"] for r in train], ".-",
+    ax.plot([r["step"] for r in train], [r["loss"] for r in train], "o-", markersize=3,
             label="train loss (mean per log window, augmented)")
     if "eval_loss" in eval_keys:
         ax.plot([r["step"] for r in evals], [r["eval_loss"] for r in evals], "o-", label="eval loss")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss")
-    ax.legend()
+    ax.legend(fontsize="small")
     ax = axes[1]
-    ax.plot([r["step"] for r in train], [r["lr"] for r in train], ".-")
+    ax.plot([r["step"] for r in train], [r["lr"] for r in train], "o-", markersize=3)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("learning rate")
     if len(eval_keys) > 1:

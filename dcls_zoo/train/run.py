@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from .callbacks import plot_training_curves, read_jsonl
-from .config import TrainConfig, command_line
+from .config import TrainConfig, command_line, config_from_preset
 from .trainer import CURVES_FILE, Trainer, _io_error
 
 _logger = logging.getLogger(__name__)
@@ -84,6 +84,27 @@ def base_model_of(model: nn.Module, cfg: TrainConfig) -> str | None:
     return (getattr(model, "pretrained_cfg", None) or {}).get("hf_hub_id") or None
 
 
+def card_command(cfg: TrainConfig, preset: str | None) -> str:
+    """The reproducing command as a card shows it: local paths by their last component, no --output-dir (where
+    this machine wrote the folder says nothing about the model)."""
+    def short(path: str) -> str:
+        return "./" + os.path.basename(os.path.normpath(path))
+
+    base = config_from_preset(preset) if preset is not None else TrainConfig()
+    changes: dict[str, Any] = {"output_dir": base.output_dir}
+    if dataset_label(cfg.dataset)[1] is None and cfg.dataset != "digits":
+        changes["dataset"] = short(cfg.dataset)
+    if cfg.model.startswith("local-dir:"):
+        changes["model"] = "local-dir:" + short(cfg.model[len("local-dir:"):])
+    elif os.path.exists(cfg.model):
+        changes["model"] = short(cfg.model)
+    for name in ("tokenizer",):
+        value = getattr(cfg, name)
+        if value and os.path.exists(value):
+            changes[name] = short(value)
+    return command_line(cfg.replace(**changes), preset)
+
+
 def model_card(trainer: Trainer, results: dict[str, Any], command: str) -> str:
     """Model card of a training run: YAML metadata (with the measured metric as model-index) and a body saying
     what was trained on what, the result, how to load the folder and how to reproduce it."""
@@ -130,6 +151,7 @@ def model_card(trainer: Trainer, results: dict[str, Any], command: str) -> str:
            f"{trainer.accelerator.num_processes} process(es), device {trainer.accelerator.device}, "
            f"mixed precision {trainer.accelerator.mixed_precision}, "
            f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
+    shortened = "Local paths are shown by their last component. " if " ./" in command or ":./" in command else ""
     body = f"""
 # {name}
 
@@ -161,7 +183,7 @@ epochs, {results['train']['train_runtime']:.0f} s on {env}):
 {command}
 ```
 
-The seed ({cfg.seed}) fixes the data split, data order and augmentation; every option of the run is in
+{shortened}The seed ({cfg.seed}) fixes the data split, data order and augmentation; every option of the run is in
 `{TRAINING_CONFIG_FILE}`, the training curves in `{CURVES_FILE}`, the results in `all_results.json`
 (`train_loss`: the mean training loss over all optimizer steps; `eval_*`: the final evaluation).
 """
@@ -220,7 +242,7 @@ def run_training(cfg: TrainConfig, *, preset: str | None = None, model: nn.Modul
                                  trainer.adapter.main_metric, title=curves_title(trainer))
             if cfg.save_model:
                 with open(os.path.join(out, "README.md"), "w", encoding="utf-8") as f:
-                    f.write(model_card(trainer, results, command_line(cfg, preset)))
+                    f.write(model_card(trainer, results, card_command(cfg, preset)))
         except OSError as err:
             raise _io_error("write the results into", out, err) from None
     main = trainer.adapter.main_metric
