@@ -160,6 +160,7 @@ COMMANDS: list[tuple[str, Callable, Callable]] = [
     ("train", _add_train, _run_train),
     ("convert", _add_convert, _run_convert),
     ("push", _add_push, _run_push),
+    *__import__("dcls_zoo.interpret.commands", fromlist=["COMMANDS"]).COMMANDS,  # gradcam, clickme-eval, kernels
 ]
 
 
