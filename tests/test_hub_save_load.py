@@ -1,6 +1,7 @@
 """Hub-ready folders: safetensors with shared tensors stored once, timm's local-dir / hf-hub loading, strict loads,
 explicit head replacement, and conversion of an original-layout checkpoint."""
 import argparse
+import hashlib
 import json
 import logging
 import re
@@ -14,7 +15,7 @@ from safetensors import safe_open
 from dcls_zoo.cli import main as cli_main
 from dcls_zoo.hub import convert_checkpoint, load_folder, load_state_dict_file, load_weights, save_folder
 from dcls_zoo.hub.save import SHARED_METADATA_KEY
-from dcls_zoo.layers import Dcls2d
+from dcls_zoo.layers import Dcls2d, shared_parameter_groups
 
 ARCH = "dcls_convnext_atto"
 IMG = (2, 3, 32, 32)
@@ -56,9 +57,13 @@ def saved(tmp_path_factory):
     return model, folder, x, ref
 
 
-def test_folder_holds_config_safetensors_and_card_only(saved):
+def test_folder_holds_config_safetensors_checksum_and_card_only(saved):
     _, folder, _, _ = saved
-    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors",
+                                                         "model.safetensors.sha256"]
+    # sha256sum format, checked against an independent hash of the file
+    digest = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+    assert (folder / "model.safetensors.sha256").read_text() == f"{digest}  model.safetensors\n"
     config = json.loads((folder / "config.json").read_text())
     assert config["architecture"] == ARCH and config["num_classes"] == 1000
     assert (folder / "README.md").read_text().startswith("---\n")
@@ -68,15 +73,13 @@ def test_shared_positions_are_stored_once_and_come_back_as_one_tensor(saved):
     model, folder, _, _ = saved
     with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
         stored = set(f.keys())
-        ties = json.loads(f.metadata()[SHARED_METADATA_KEY])
+        assert SHARED_METADATA_KEY not in f.metadata()   # nothing aliased left to record
+    # atto (depths 2-2-6-2): a stage's first block owns its positions, the other blocks follow it
     p_keys = [k for k in model.state_dict() if k.endswith(".P")]
-    assert len(p_keys) == 12                      # atto: depths 2-2-6-2
-    assert len([k for k in stored if k.endswith(".P")]) == 4
-    assert sorted(ties) == [f"stages.{s}.blocks.0.conv_dw.P" for s in range(4)]
+    assert p_keys == [f"stages.{s}.blocks.0.conv_dw.P" for s in range(4)]
+    assert sorted(k for k in stored if k.endswith(".P")) == p_keys
     state_dict = load_state_dict_file(folder / "model.safetensors")
     assert set(state_dict) == set(model.state_dict())
-    for kept, aliases in ties.items():
-        assert all(state_dict[a] is state_dict[kept] for a in aliases)
     for k, v in model.state_dict().items():
         assert torch.equal(state_dict[k], v), k
 
@@ -142,13 +145,13 @@ def test_load_folder_takes_a_hub_id_offline_from_a_prefilled_cache(saved, offlin
         load_folder("dcls-zoo/not_there", cache_dir=offline_cache)
 
 
-def test_apply_tie_map_reties_a_model_built_without_ties(saved):
+def test_assigning_positions_on_every_layer_keeps_each_stage_tied(saved):
     _, folder, x, ref = saved
     model = _model(seed=3)
-    for m in model.modules():   # untie: every layer gets its own copy, as after a naive deep copy / re-init
+    for m in model.modules():   # a naive re-init gives every layer a new Parameter: it lands on the stage's owner
         if isinstance(m, Dcls2d):
             m.P = torch.nn.Parameter(m.P.detach().clone())
-    assert len(set.union(*_position_groups(model).values())) == 12
+    _assert_tied_per_stage(model)
     load_weights(model, folder)
     _assert_tied_per_stage(model)
     with torch.no_grad():
@@ -167,13 +170,14 @@ def test_weights_of_another_architecture_are_refused_naming_the_keys(saved, tmp_
     mixed = tmp_path / "mixed"
     shutil.copytree(atto_folder, mixed)
     shutil.copy(femto_folder / "model.safetensors", mixed / "model.safetensors")
+    shutil.copy(femto_folder / "model.safetensors.sha256", mixed / "model.safetensors.sha256")  # intact, but femto's
     with pytest.raises(ValueError, match=r"stem\.0\.weight"):
         load_folder(mixed)
     with pytest.raises(RuntimeError, match=r"size mismatch for stem\.0\.weight"):
         timm.create_model(f"local-dir:{mixed}", pretrained=True)
     # another family altogether: missing and unexpected keys are listed by name
     other = save_folder(timm.create_model("resnet10t"), tmp_path / "resnet", card=False)
-    with pytest.raises(ValueError, match=r"missing keys \(140\): stem\.0\.weight, stem\.0\.bias.*; "
+    with pytest.raises(ValueError, match=r"missing keys \(\d+\): stem\.0\.weight, stem\.0\.bias.*; "
                                          r"unexpected keys \(\d+\): [^;]*conv1\."):
         load_weights(_model(), other)
 
@@ -213,7 +217,10 @@ def _to_original_layout(timm_state_dict):
 
 def test_convert_original_layout_checkpoint_verifies_logits(tmp_path, capsys):
     source = _model(seed=5)
-    original = _to_original_layout(source.state_dict())
+    every_copy = source.state_dict()   # the original file repeats each shared P under every layer's key
+    for owner, *followers in shared_parameter_groups(source):
+        every_copy.update(dict.fromkeys(followers, every_copy[owner]))
+    original = _to_original_layout(every_copy)
     assert "stages.0.1.dwconv.P" in original and "downsample_layers.0.0.weight" in original
     checkpoint = tmp_path / "convnext_dcls_atto_1k_224_ema.pth"
     torch.save({"model": original, "epoch": 299, "args": argparse.Namespace(model="convnext_dcls_atto")},
@@ -221,7 +228,7 @@ def test_convert_original_layout_checkpoint_verifies_logits(tmp_path, capsys):
     report = convert_checkpoint(ARCH, checkpoint, tmp_path / "out")
     assert report.verified and set(report.max_abs_diff) == {"timm local-dir", "dcls_zoo load_folder"}
     assert all(d == 0.0 for d in report.max_abs_diff.values())
-    assert report.files == ("README.md", "config.json", "model.safetensors")
+    assert report.files == ("README.md", "config.json", "model.safetensors", "model.safetensors.sha256")
     assert report.shared_tensors == 4
     assert "verified" in report.describe()
     converted = load_folder(tmp_path / "out")
