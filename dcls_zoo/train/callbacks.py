@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch.nn as nn
 
-from ..layers import DclsNd, clamp_dcls_parameters
+from ..layers import DclsNd
+from .distributed import clamp_dcls_positions
 
 if TYPE_CHECKING:  # pragma: no cover
     from .trainer import Trainer
@@ -36,10 +37,11 @@ class ClampDclsPositions(Callback):
     """Clamp every DCLS position into its kernel after each optimiser update (the DCLS training rule)."""
 
     def on_train_begin(self, trainer):
-        clamp_dcls_parameters(trainer.model)
+        clamp_dcls_positions(trainer.model)
 
     def on_step_end(self, trainer):
-        clamp_dcls_parameters(trainer.model)
+        # the copy the optimizer updates: FSDP2 shards, DeepSpeed's fp32 master partitions (distributed.py)
+        clamp_dcls_positions(trainer.model)
 
 
 class SigmaScheduleCallback(Callback):

@@ -8,14 +8,14 @@ import json
 import re
 from typing import Any
 
-from .config import MIXED_PRECISION, PRESETS, SCHEDULES, TASKS, TrainConfig, config_from_preset
+from .config import DISTRIBUTED, MIXED_PRECISION, PRESETS, SCHEDULES, TASKS, TrainConfig, config_from_preset
 
 DEFAULT_PRESET = "digits"
 # Flags that name other data or another task: given without --preset, they start from the plain defaults
 # instead of the digits preset (whose 1-channel 32-pixel settings would not fit other data).
 _LEAVES_DEFAULT_PRESET = ("dataset", "task")
 _CHOICES = {"task": TASKS, "mixed_precision": MIXED_PRECISION, "sched": SCHEDULES,
-            "report_to": ("auto", "tensorboard", "none")}
+            "report_to": ("auto", "tensorboard", "none"), "distributed": DISTRIBUTED}
 
 
 def _field_help() -> dict[str, str]:

@@ -13,6 +13,7 @@ from typing import Any
 
 TASKS = ("image", "audio", "lm", "snn")
 MIXED_PRECISION = ("no", "bf16", "fp16")
+DISTRIBUTED = ("auto", "fsdp2")  # fsdp2: dcls_zoo.train.distributed.apply_fsdp2 (DeepSpeed comes from accelerate)
 SCHEDULES = ("cosine", "poly", "tanh", "wsd", "constant")  # stepped per optimiser update
 
 
@@ -88,6 +89,7 @@ class TrainConfig:
     seed: int = 0
     mixed_precision: str | None = None  # no | bf16 | fp16 (fp16: GPU only); default: accelerate launch's, else no
     cpu: bool = False
+    distributed: str = "auto"  # auto (what accelerate launch set up) | fsdp2 (zoo FSDP2 units; torchrun on CPU)
     output_dir: str = "dcls-zoo-output"
     save_every: int | None = None  # optimiser steps between checkpoints (default: at the end of each epoch)
     keep_checkpoints: int = 2  # newest checkpoints of this run kept in output_dir/checkpoints; 0: none are written
@@ -109,6 +111,8 @@ class TrainConfig:
         if self.mixed_precision is not None and self.mixed_precision not in MIXED_PRECISION:
             raise ValueError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}, "
                              f"got {self.mixed_precision!r}")
+        if self.distributed not in DISTRIBUTED:
+            raise ValueError(f"distributed must be one of {', '.join(DISTRIBUTED)}, got {self.distributed!r}")
         if self.sched not in SCHEDULES:
             raise ValueError(f"sched must be one of {', '.join(SCHEDULES)}, got {self.sched!r}")
         for name in ("batch_size", "grad_accum_steps", "epochs", "log_every", "eval_every_epochs"):

@@ -13,6 +13,7 @@ Checkpoint pruning (`--keep-checkpoints`) only ever deletes checkpoints of the c
 """
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import logging
@@ -39,6 +40,7 @@ from .callbacks import (
 from .config import TrainConfig
 from .data import EpochShuffleSampler, TransformedDataset, load_splits
 from .ema import WeightEma
+from .distributed import Fsdp2ModelState, Fsdp2OptimizerState, apply_fsdp2, gather_full_state_dict, select_engine
 from .optim import create_optimizer, create_scheduler
 from .tasks import TASK_ADAPTERS, TaskAdapter
 
@@ -123,6 +125,9 @@ class Trainer:
         if self.accelerator.mixed_precision == "fp16" and self.accelerator.device.type == "cpu":
             raise ValueError("mixed precision fp16 needs a GPU: on CPU Accelerate accepts it but silently runs in "
                              "fp32; use bf16 (or no) on CPU")
+        # FSDP2 / DeepSpeed: refused where Accelerate would silently run DDP instead (CPU); `--distributed fsdp2`
+        # shards with the zoo's own FSDP2 units (distributed.py), which torchrun on CPU can run
+        self.engine = select_engine(self.accelerator, cfg)
         self.trackers_enabled = report_to != "none"
         self.output_dir = cfg.output_dir
         self.logging_dir = os.path.join(self.output_dir, LOGS_DIR)
@@ -151,6 +156,11 @@ class Trainer:
             model = self.adapter.build_model()
         self.adapter.setup_inputs(model)
         self.model = model
+        # sharded engines leave no whole model to save: the final folder is written from this plain copy
+        self._full_copy = copy.deepcopy(model) if self.engine is not None else None
+        self._full_copy_step: int | None = None
+        if self.engine == "fsdp2":
+            apply_fsdp2(model, mesh=getattr(self.accelerator, "torch_device_mesh", None))
         self._prepare_output_dir()  # the first write: after everything that can refuse the run
 
         adapter = self.adapter
@@ -170,8 +180,19 @@ class Trainer:
         self.optimizer = create_optimizer(self.model, cfg)
         # the EMA copies the model before `prepare` patches its forward; every checkpoint holds it (ema.safetensors)
         self.ema = WeightEma(self.model, cfg.model_ema_decay) if cfg.model_ema_decay is not None else None
-        self.prepared_model, self.prepared_optimizer, self.train_loader, self.eval_loader = self.accelerator.prepare(
-            self.model, self.optimizer, train_loader, eval_loader)
+        from accelerate.utils import DistributedType
+
+        if self.engine == "fsdp2" and self.accelerator.distributed_type != DistributedType.FSDP:
+            # the zoo's own FSDP2: Accelerate would wrap the sharded model in DDP, so it prepares only the loaders;
+            # AcceleratedOptimizer still skips the steps of accumulating micro-batches
+            from accelerate.optimizer import AcceleratedOptimizer
+
+            self.prepared_model = self.model
+            self.prepared_optimizer = AcceleratedOptimizer(self.optimizer, device_placement=False)
+            self.train_loader, self.eval_loader = self.accelerator.prepare(train_loader, eval_loader)
+        else:
+            self.prepared_model, self.prepared_optimizer, self.train_loader, self.eval_loader = \
+                self.accelerator.prepare(self.model, self.optimizer, train_loader, eval_loader)
         self.eval_model = self.prepared_model
         if self.ema is not None:
             self.ema.to(self.accelerator.device)
@@ -268,10 +289,20 @@ class Trainer:
 
     def _model_state_dict(self) -> dict[str, torch.Tensor]:
         """The full model state (every process calls this: under sharding engines it gathers)."""
+        if self.engine == "fsdp2":
+            return gather_full_state_dict(self.model)
         return self.accelerator.get_state_dict(self.prepared_model)
 
     def _optimizer_state_dict(self) -> dict[str, Any]:
-        return self.optimizer.state_dict()
+        """The optimiser state in a single process's layout (every process calls this: FSDP2 gathers)."""
+        return self._checkpoint_optimizer().state_dict()
+
+    def _checkpoint_model(self):
+        """What checkpoints load the model state into (FSDP2: a view that shards the full state)."""
+        return Fsdp2ModelState(self.model) if self.engine == "fsdp2" else self.unwrapped_model()
+
+    def _checkpoint_optimizer(self):
+        return Fsdp2OptimizerState(self.model, self.optimizer) if self.engine == "fsdp2" else self.optimizer
 
     def save_checkpoint(self) -> str | None:
         """Write model, EMA, optimiser, RNG states and trainer state (safetensors and JSON, no pickle) into a
@@ -285,6 +316,7 @@ class Trainer:
         # the generator states as they are now, before anything below could draw from them
         rng = ckpt.rng_states()
         model_state = self._model_state_dict()
+        optimizer_state = self._optimizer_state_dict()
         try:
             if acc.is_main_process:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -297,7 +329,7 @@ class Trainer:
                 if self.ema is not None:
                     ckpt.save_module_state(os.path.join(tmp, ckpt.EMA_FILE), self.ema.module.state_dict())
                     files.append(ckpt.EMA_FILE)
-                files += ckpt.save_optimizer_state(tmp, self._optimizer_state_dict())
+                files += ckpt.save_optimizer_state(tmp, optimizer_state)
                 if acc.scaler is not None:
                     ckpt.write_json(os.path.join(tmp, ckpt.SCALER_FILE), acc.scaler.state_dict())
                     files.append(ckpt.SCALER_FILE)
@@ -356,10 +388,10 @@ class Trainer:
         if (self.ema is not None) != (ckpt.EMA_FILE in listed):
             raise ckpt.CheckpointError(f"--resume: {path} {'has no' if self.ema is not None else 'has an'} "
                                        f"{ckpt.EMA_FILE} but this run {'keeps' if self.ema else 'keeps no'} an EMA")
-        ckpt.load_module_state(os.path.join(path, ckpt.MODEL_FILE), self.unwrapped_model())
+        ckpt.load_module_state(os.path.join(path, ckpt.MODEL_FILE), self._checkpoint_model())
         if self.ema is not None:
             ckpt.load_module_state(os.path.join(path, ckpt.EMA_FILE), self.ema.module)
-        ckpt.load_optimizer_state(path, self.optimizer)
+        ckpt.load_optimizer_state(path, self._checkpoint_optimizer())
         if acc.scaler is not None:
             if ckpt.SCALER_FILE not in listed:
                 raise ckpt.CheckpointError(f"--resume: {path} has no {ckpt.SCALER_FILE} (fp16 gradient scaler)")
@@ -535,5 +567,15 @@ class Trainer:
         return self.accelerator.unwrap_model(self.prepared_model)
 
     def final_model(self) -> nn.Module:
-        """What the run publishes: the EMA weights when an EMA is kept (as the DCLS releases), else the model."""
-        return self.ema.module if self.ema is not None else self.unwrapped_model()
+        """What the run publishes: the EMA weights when an EMA is kept (as the DCLS releases), else the model.
+
+        Under FSDP2 / DeepSpeed the full weights are gathered (collectively, once per step) into a plain copy of
+        the model; only the main process's copy receives them."""
+        if self._full_copy is None:
+            return self.ema.module if self.ema is not None else self.unwrapped_model()
+        if self._full_copy_step != self.global_step:
+            state = self._model_state_dict()
+            if self.accelerator.is_main_process:
+                self._full_copy.load_state_dict(state, strict=True)
+            self._full_copy_step = self.global_step
+        return self._full_copy

@@ -1,0 +1,366 @@
+"""Sharded engines on CPU with 2 gloo processes: FSDP2 (`dcls-zoo train --distributed fsdp2` under torchrun) and
+DeepSpeed ZeRO-2/3 (`DS_ACCELERATOR=cpu`, driven with `deepspeed.initialize`), against single-process runs of the
+same global batch; the DCLS recipe (positions clamped in the stored copy after every step, lr x5, no weight decay)
+and the final folder (saved, reloaded, positions shared); the FSDP2 units of the zoo's families; the one-line
+refusal of accelerate configs that Accelerate would silently run as DDP on CPU.
+
+The multi-process parts run this file as a torchrun script (`python -m torch.distributed.run ... <case>`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+CONFIGS = os.path.join(ROOT, "accelerate_configs")
+
+# two blocks in the first stage share positions; widths grow, so every stage has its own positions
+TINY_DCLS = dict(dims=[8, 16, 24, 32], depths=[2, 1, 1, 1], dcls_dilated_kernel_size=3, dcls_kernel_count=2)
+BOUND = 3 // 2
+STEPS = 3
+
+
+def write_image_folder(root: str, n_per_class: int = 8, size: int = 16) -> str:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(("dark", "light")):
+        os.makedirs(os.path.join(root, "train", name), exist_ok=True)
+        for i in range(n_per_class):
+            pixels = np.clip((50 if c == 0 else 200) + rng.normal(0, 25, (size, size, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(os.path.join(root, "train", name, f"{i}.png"))
+    return root
+
+
+def trainer_config(output_dir: str, data: str, **overrides):
+    from dcls_zoo.train import TrainConfig
+
+    # SGD at lr 1 (positions 5): the positions leave the grid at every step, so the clamp bites
+    values = dict(task="image", model="dcls_convnext_atto", model_kwargs=TINY_DCLS, dataset=data, eval_split="train",
+                  img_size=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bilinear", crop_pct=1.0,
+                  scale=(0.8, 1.0), hflip=0.5, opt="sgd", lr=1.0, weight_decay=0.05, sched="constant",
+                  warmup_epochs=0, drop_path=0.0, max_steps=STEPS, save_every=2, keep_checkpoints=3,
+                  output_dir=output_dir, report_to="none", progress=False, seed=0)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def run_workers(case: str, *args: str, timeout: int = 300) -> None:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", DS_ACCELERATOR="cpu",
+               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    for key in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED", "FSDP_VERSION"):
+        env.pop(key, None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           os.path.abspath(__file__), case, *args]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
+
+
+def load_weights(path: str) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(path)
+
+
+def assert_same_weights(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor], rtol: float = 2e-4) -> None:
+    """Equal up to fp32 rounding: gradients summed in another order, amplified by 3 SGD steps at lr 1 (measured:
+    at most 7e-4 on weights of magnitude ~7, i.e. 1e-4 of the tensor's scale); `rtol=0` asks for bit equality."""
+    assert sorted(got) == sorted(want)
+    worst = max((float((got[k].float() - want[k].float()).abs().max()) / (1.0 + float(want[k].abs().max())), k)
+                for k in want if want[k].numel())
+    assert worst[0] <= rtol, worst
+
+
+def position_names(state: dict[str, torch.Tensor]) -> list[str]:
+    return [k for k in state if k.endswith(".P")]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# torchrun workers
+# ----------------------------------------------------------------------------------------------------------------
+
+class _ClampRecorder:
+    """After each optimizer step (after the trainer's own clamp): the largest |P| in this process's stored copy."""
+
+    def __init__(self):
+        self.records: list[float] = []
+
+    def on_train_begin(self, trainer): ...
+    def on_epoch_end(self, trainer): ...
+    def on_evaluate(self, trainer, metrics): ...
+    def on_train_end(self, trainer): ...
+
+    def on_step_end(self, trainer):
+        from torch.distributed.tensor import DTensor
+
+        from dcls_zoo.layers import DclsNd
+
+        worst = 0.0
+        for m in trainer.model.modules():
+            if isinstance(m, DclsNd):
+                P = m.P
+                assert isinstance(P, DTensor), type(P)  # the sharded parameter the optimizer updates
+                local = P.to_local()
+                if local.numel():
+                    worst = max(worst, float(local.abs().max()))
+        self.records.append(worst)
+
+
+def _worker_fsdp2_trainer(output_dir: str, data: str, resume: str) -> None:
+    from dcls_zoo.train.run import run_training
+
+    cfg = trainer_config(output_dir, data, batch_size=4, distributed="fsdp2", resume=resume == "resume")
+    recorder = _ClampRecorder()
+    results = run_training(cfg, callbacks=[recorder])
+    trainer = results["trainer"]
+    groups = {g["name"]: {"lr": g["lr"], "weight_decay": g["weight_decay"], "n": len(g["params"])}
+              for g in trainer.optimizer.param_groups}
+    units = [n for n, m in trainer.model.named_modules() if type(m).__name__.startswith("FSDP")]
+    with open(os.path.join(output_dir, f"worker_{os.environ['RANK']}_{resume}.json"), "w") as f:
+        json.dump({"clamp": recorder.records, "groups": groups, "units": units,
+                   "world": trainer.accelerator.num_processes}, f)
+
+
+def _tiny_model():
+    import timm
+
+    import dcls_zoo  # noqa: F401
+
+    torch.manual_seed(0)
+    return timm.create_model("dcls_convnext_atto", num_classes=2, in_chans=3, **TINY_DCLS)
+
+
+def _fixed_batches(n_steps: int = STEPS, global_batch: int = 4):
+    g = torch.Generator().manual_seed(1)
+    return [(torch.randn(global_batch, 3, 32, 32, generator=g), torch.randint(0, 2, (global_batch,), generator=g))
+            for _ in range(n_steps)]
+
+
+def _recipe_optimizer(model: nn.Module):
+    from dcls_zoo.train.optim import create_optimizer, create_scheduler
+
+    cfg = trainer_config("unused", "unused", batch_size=2)
+    optimizer = create_optimizer(model, cfg)
+    create_scheduler(optimizer, cfg, steps_per_epoch=STEPS, total_steps=STEPS)  # applies lr_scale (constant lr)
+    return optimizer
+
+
+def single_process_reference() -> tuple[dict[str, torch.Tensor], list[float]]:
+    """The DeepSpeed workers' loop in one process over the whole global batch."""
+    from dcls_zoo.layers import clamp_dcls_parameters
+
+    model = _tiny_model()
+    optimizer = _recipe_optimizer(model)
+    worst = []
+    for x, y in _fixed_batches():
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        clamp_dcls_parameters(model)
+        worst.append(max(float(m.P.abs().max()) for m in model.modules() if hasattr(m, "dilated_kernel_size")))
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}, worst
+
+
+def _worker_deepspeed(output_dir: str) -> None:
+    import deepspeed
+    import torch.distributed as dist
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    from dcls_zoo.hub.save import save_folder
+    from dcls_zoo.layers import DclsNd
+    from dcls_zoo.train.distributed import clamp_dcls_positions, deepspeed_config
+
+    deepspeed.init_distributed(dist_backend="gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    for stage in (2, 3):
+        template = _tiny_model()  # a plain copy: the final folder is saved from it
+        model = _tiny_model()
+        optimizer = _recipe_optimizer(model)
+        config = deepspeed_config(stage, micro_batch_size=2, clip_grad=None, world_size=world)
+        engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+        worst_master, worst_model = [], []
+        for x, y in _fixed_batches():
+            xs, ys = x[rank * 2:(rank + 1) * 2], y[rank * 2:(rank + 1) * 2]
+            loss = nn.functional.cross_entropy(engine(xs), ys)
+            engine.backward(loss)
+            engine.step()
+            clamp_dcls_positions(engine.module)
+            layers = {id(m.P): m for m in engine.module.modules() if isinstance(m, DclsNd)}.values()
+            worst_master.append(max(float(safe_get_full_fp32_param(m.P).abs().max()) for m in layers))
+            with deepspeed.zero.GatheredParameters([m.P for m in layers], enabled=stage == 3):
+                worst_model.append(max(float(m.P.abs().max()) for m in layers))
+        if stage == 3:
+            state = engine._zero3_consolidated_16bit_state_dict()
+        else:
+            state = engine.module.state_dict()
+        groups = {g["name"]: {"lr": g["lr"], "weight_decay": g["weight_decay"]} for g in optimizer.param_groups}
+        if rank == 0:
+            template.load_state_dict({k: v.cpu() for k, v in state.items()}, strict=True)
+            save_folder(template, os.path.join(output_dir, f"zero{stage}"), card=False)
+            with open(os.path.join(output_dir, f"zero{stage}.json"), "w") as f:
+                json.dump({"master": worst_master, "model": worst_model, "groups": groups,
+                           "clipping": engine.gradient_clipping()}, f)
+        dist.barrier()
+        engine.destroy()
+
+
+if __name__ == "__main__":
+    case, *arguments = sys.argv[1:]
+    {"fsdp2_trainer": _worker_fsdp2_trainer, "deepspeed": _worker_deepspeed}[case](*arguments)
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    sys.exit(0)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# tests
+# ----------------------------------------------------------------------------------------------------------------
+
+def test_fsdp2_units_keep_shared_positions_in_one_unit():
+    import timm
+
+    from dcls_zoo.train.distributed import fsdp2_units
+
+    def unit_names(model):
+        units = {id(m) for m in fsdp2_units(model)}
+        return [n for n, m in model.named_modules() if id(m) in units]
+
+    assert unit_names(_tiny_model()) == ["stages.0", "stages.1", "stages.2", "stages.3"]
+    # equal widths: the default tying rule shares one P across stages 0 and 1 (and 2, 3): the unit widens
+    same_width = timm.create_model("dcls_convnext_atto", num_classes=2, dims=[8, 8, 16, 16], depths=[2, 1, 1, 1],
+                                   dcls_dilated_kernel_size=3, dcls_kernel_count=2)
+    assert unit_names(same_width) == ["stages"]
+
+
+def test_fsdp2_units_of_the_lm_are_its_blocks():
+    from dcls_zoo.lm import OrthoGPT2Config, OrthoGPT2LMHeadModel
+    from dcls_zoo.train.distributed import fsdp2_units
+
+    model = OrthoGPT2LMHeadModel(OrthoGPT2Config(n_layer=2, n_head=2, n_embd=16, vocab_size=64, n_positions=32))
+    assert [type(m).__name__ for m in fsdp2_units(model)] == ["GPT2Block", "GPT2Block"]
+
+
+def test_fsdp2_trainer_matches_one_process_clamps_saves_and_resumes(tmp_path):
+    """`dcls-zoo train --distributed fsdp2` on 2 processes (batch 4 each) against 1 process (batch 8)."""
+    from dcls_zoo.train.run import reload_folder, run_training
+
+    data = write_image_folder(str(tmp_path / "imgs"))
+    single = trainer_config(str(tmp_path / "single"), data, batch_size=8)
+    run_training(single)
+    want = load_weights(str(tmp_path / "single" / "model.safetensors"))
+
+    out = str(tmp_path / "fsdp2")
+    run_workers("fsdp2_trainer", out, data, "fresh")
+    got = load_weights(os.path.join(out, "model.safetensors"))
+    assert_same_weights(got, want)
+    for rank in (0, 1):
+        info = json.load(open(os.path.join(out, f"worker_{rank}_fresh.json")))
+        assert info["world"] == 2
+        assert len(info["clamp"]) == STEPS and max(info["clamp"]) <= BOUND, info["clamp"]
+        assert info["groups"]["dcls_positions"] == {"lr": 5.0, "weight_decay": 0.0, "n": 4 * 1}
+        assert info["groups"]["decay"]["lr"] == 1.0 and info["groups"]["decay"]["weight_decay"] == 0.05
+        assert {"stages.0", "stages.1", "stages.2", "stages.3", ""} <= set(info["units"])
+    # the clamp bit: positions sit on the grid's edge, which SGD alone would not land on exactly
+    assert any(bool((got[k].abs() == BOUND).any()) for k in position_names(got))
+    assert max(float(got[k].abs().max()) for k in position_names(got)) <= BOUND
+
+    # the final folder reloads with timm, positions still shared within a stage
+    reloaded = reload_folder(out, "image")
+    blocks = reloaded.stages[0].blocks
+    assert blocks[1].conv_dw.P is blocks[0].conv_dw.P
+    assert torch.equal(blocks[0].conv_dw.P.detach(), got["stages.0.blocks.0.conv_dw.P"])
+    assert position_names(got) == [f"stages.{i}.blocks.0.conv_dw.P" for i in range(4)]
+
+    # resume from the step-2 checkpoint (full states, no pickle): the same weights as the uninterrupted run
+    checkpoints = sorted(os.listdir(os.path.join(out, "checkpoints")))
+    assert checkpoints == ["step_00000002"], checkpoints
+    os.remove(os.path.join(out, "model.safetensors"))
+    run_workers("fsdp2_trainer", out, data, "resume")
+    resumed = load_weights(os.path.join(out, "model.safetensors"))
+    assert_same_weights(resumed, got, rtol=0.0)
+
+
+def test_deepspeed_zero2_zero3_match_one_process_and_clamp_the_master_copy(tmp_path):
+    """ZeRO-2 / ZeRO-3 on 2 processes (batch 2 each) against 1 process (batch 4): same weights, positions clamped
+    in the fp32 master copy and the model's copy after every step, the trainer's clipping (none) used."""
+    import timm
+
+    import dcls_zoo  # noqa: F401
+
+    want, want_worst = single_process_reference()
+    assert max(want_worst) == BOUND  # the clamp bites in the reference too
+    out = str(tmp_path / "ds")
+    os.makedirs(out)
+    run_workers("deepspeed", out)
+    for stage in (2, 3):
+        info = json.load(open(os.path.join(out, f"zero{stage}.json")))
+        assert info["clipping"] == 0.0
+        assert max(info["master"]) <= BOUND and max(info["model"]) <= BOUND, info
+        assert info["groups"]["dcls_positions"] == {"lr": 5.0, "weight_decay": 0.0}
+        folder = os.path.join(out, f"zero{stage}")
+        got = load_weights(os.path.join(folder, "model.safetensors"))
+        assert_same_weights(got, want)
+        reloaded = timm.create_model(f"local-dir:{folder}", pretrained=True)
+        assert reloaded.stages[0].blocks[1].conv_dw.P is reloaded.stages[0].blocks[0].conv_dw.P
+
+
+def launch_environment(config_file: str) -> dict[str, str]:
+    """The variables `accelerate launch --config_file <config_file>` sets for its processes (Accelerate's own
+    parsing of the file)."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
+
+    args = launch_command_parser().parse_args(["--config_file", config_file, "train.py"])
+    args, defaults, _ = _validate_launch_command(args)
+    if args.use_deepspeed:
+        args.deepspeed_fields_from_accelerate_config = ",".join(defaults.deepspeed_config)
+        _, env = prepare_deepspeed_cmd_env(args)
+    else:
+        env = prepare_multi_gpu_env(args)
+    return {k: v for k, v in env.items() if k.startswith(("ACCELERATE_", "FSDP_"))}
+
+
+def test_accelerate_configs_on_cpu_refuse_fsdp_and_deepspeed_in_one_line(monkeypatch):
+    """What `accelerate launch --config_file accelerate_configs/<engine>.yaml` sets, on this CPU machine: FSDP and
+    DeepSpeed would silently be DDP, so the trainer refuses; the DDP config passes."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    from dcls_zoo.train.distributed import check_engine_supported
+
+    expected = {"fsdp2.yaml": "fsdp2", "deepspeed_zero2.yaml": "deepspeed", "deepspeed_zero3.yaml": "deepspeed",
+                "multi_gpu.yaml": None}
+    assert sorted(os.listdir(CONFIGS)) == sorted(expected)
+    for name, engine in expected.items():
+        env = launch_environment(os.path.join(CONFIGS, name))
+        with monkeypatch.context() as patch:
+            for key, value in env.items():
+                patch.setenv(key, value)
+            patch.setenv("ACCELERATE_USE_CPU", "true")
+            AcceleratorState._reset_state(reset_partial_state=True)
+            GradientState._reset_state()
+            acc = Accelerator(cpu=True)
+            if engine is None:
+                assert check_engine_supported(acc) is None
+                continue
+            try:
+                check_engine_supported(acc)
+            except ValueError as err:
+                message = str(err)
+            else:
+                raise AssertionError(f"{name}: not refused")
+        assert "\n" not in message
+        assert message.startswith(f"the accelerate config asks for {engine}, but Accelerate enables it only on "
+                                  "GPUs/accelerators: on device cpu this run would silently be NO with 1 process(es)")
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
