@@ -305,6 +305,34 @@ def test_full_disk_while_checkpointing_is_one_line_and_leaves_no_partial_checkpo
     assert os.listdir(out / CHECKPOINT_DIR) == []  # the temporary folder was removed
 
 
+def test_full_disk_while_writing_the_weights_is_one_line(tmp_path, image_data, capsys, monkeypatch):
+    """safetensors reports a full disk as SafetensorError (the message of a real ENOSPC on a tiny tmpfs)."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    real_save_file = safetensors.torch.save_file
+    out = tmp_path / "out"
+
+    def full_disk(tensors, filename, *args, **kwargs):
+        if str(filename).startswith(str(out)):
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        return real_save_file(tensors, filename, *args, **kwargs)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    args = tiny_args(image_data, out, "--keep-checkpoints", "0")
+    args.remove("--no-save-model")
+    assert main(args) == 1
+    assert error_line(capsys) == (f"dcls-zoo train: error: [Errno {errno.ENOSPC}] cannot write the model into {out}: "
+                                  "No space left on device; choose another --output-dir or free the disk")
+
+
+def test_damaged_metrics_log_is_named_on_resume(run_copy, image_data, capsys):
+    log = run_copy / "logs" / "metrics.jsonl"
+    log.write_bytes(pickle.dumps({"step": 1}))
+    assert main(tiny_args(image_data, run_copy, "--resume")) == 1
+    assert error_line(capsys).startswith(f"dcls-zoo train: error: {log}, line 1: not JSON (")
+
+
 def test_seeded_rng_leaves_cuda_generators_alone(monkeypatch):
     """Per-sample augmentation reseeds the CPU generator only (torch.manual_seed would reseed every GPU's)."""
     from dcls_zoo.train.data import TransformedDataset

@@ -97,10 +97,23 @@ class MetricsLogger(Callback):
 
 
 def read_jsonl(path: str) -> list[dict[str, Any]]:
+    """The records of a JSON-lines log; ValueError naming the file and line when one is not a JSON object."""
     if not os.path.exists(path):
         return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    records = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError as err:
+                raise ValueError(f"{path}, line {number}: not JSON ({err}); fix or delete the log") from None
+            if not isinstance(record, dict) or not isinstance(record.get("step", 0), int):
+                raise ValueError(f"{path}, line {number}: not a metrics record (a JSON object with an integer "
+                                 "step); fix or delete the log")
+            records.append(record)
+    return records
 
 
 def plot_training_curves(records: list[dict[str, Any]], path: str, main_metric: str | None = None,

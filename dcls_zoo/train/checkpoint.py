@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 from typing import Any
 
 import numpy as np
@@ -78,10 +79,26 @@ def _read_tensors(path: str) -> dict[str, torch.Tensor]:
         raise _unreadable(path, err, "safetensors file") from None
 
 
+def as_os_error(err: Exception, path: str) -> Exception:
+    """safetensors reports a failed write (full disk, read-only folder) as SafetensorError: give it back as the
+    OSError it is (with its errno), so callers handle every write failure alike; other errors are returned as is."""
+    from safetensors import SafetensorError
+
+    if isinstance(err, SafetensorError):
+        found = re.search(r"os error (\d+)", str(err))
+        if found:
+            code = int(found.group(1))
+            return OSError(code, os.strerror(code), path)
+    return err
+
+
 def _write_tensors(path: str, tensors: dict[str, torch.Tensor]) -> None:
     from ..hub.save import save_state_dict
 
-    save_state_dict(tensors, path)
+    try:
+        save_state_dict(tensors, path)
+    except Exception as err:
+        raise as_os_error(err, path) from None
 
 
 # --- model and EMA --------------------------------------------------------------------------------------------

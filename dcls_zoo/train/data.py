@@ -166,7 +166,8 @@ def _load_any(name: str, config_name: str | None):
 
     if name == "digits":
         return None  # handled by the caller, which knows the seed
-    if not os.path.exists(name) and name.startswith((".", "/", "~")):
+    name = os.path.expanduser(name)
+    if not os.path.exists(name) and name.startswith((".", "/")):
         raise FileNotFoundError(f"--dataset {name}: no such folder or file (a local path; Hub data sets are named "
                                 "ORG/NAME)")
     if os.path.isfile(name):

@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from .callbacks import plot_training_curves, read_jsonl
+from .checkpoint import as_os_error
 from .config import TrainConfig, command_line, config_from_preset
 from .trainer import CURVES_FILE, Trainer, _io_error
 
@@ -221,7 +222,10 @@ def run_training(cfg: TrainConfig, *, preset: str | None = None, model: nn.Modul
         unwrapped = trainer.final_model()
         if acc.is_main_process:
             try:
-                _save_final_model(trainer, unwrapped, out)
+                try:
+                    _save_final_model(trainer, unwrapped, out)
+                except Exception as err:  # safetensors' write errors are not OSErrors
+                    raise as_os_error(err, out) from None
             except OSError as err:
                 raise _io_error("write the model into", out, err) from None
         acc.wait_for_everyone()

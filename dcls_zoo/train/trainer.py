@@ -68,8 +68,8 @@ def _first_file(folder: str) -> str | None:
 def _io_error(what: str, path: str, err: OSError) -> OSError:
     """The same OSError kind with one line saying what could not be written where, and why."""
     reason = err.strerror or str(err)
-    out = type(err)(err.errno, f"cannot {what} {path}: {reason}; choose another --output-dir or free the disk")
-    return out
+    message = f"cannot {what} {path}: {reason}; choose another --output-dir or free the disk"
+    return type(err)(err.errno, message) if err.errno is not None else OSError(message)
 
 class NonFiniteLossError(RuntimeError):
     """Training stopped because the loss became NaN or infinite; `checkpoint` is the last good one (or None)."""
