@@ -185,6 +185,8 @@ def _worker_deepspeed(output_dir: str) -> None:
         model = _tiny_model()
         optimizer = _recipe_optimizer(model)
         config = deepspeed_config(stage, micro_batch_size=2, clip_grad=None, world_size=world)
+        if stage == 3:  # partition even the small position tensors (ZeRO-3 keeps tensors < 1e5 whole by default)
+            config["zero_optimization"]["stage3_param_persistence_threshold"] = 0
         engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
         worst_master, worst_model = [], []
         for x, y in _fixed_batches():
@@ -212,9 +214,67 @@ def _worker_deepspeed(output_dir: str) -> None:
         engine.destroy()
 
 
+def _tiny_lm_config():
+    from dcls_zoo.lm import OrthoGPT2Config
+
+    return OrthoGPT2Config(n_layer=2, n_head=2, n_embd=16, vocab_size=64, n_positions=32, bos_token_id=0,
+                           eos_token_id=0)
+
+
+class _TokenData(torch.utils.data.Dataset):
+    def __init__(self, n: int = 16, length: int = 16):
+        self.ids = torch.randint(1, 64, (n, length), generator=torch.Generator().manual_seed(0))
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i], "labels": self.ids[i]}
+
+
+def _worker_hf_trainer_fsdp2(output_dir: str) -> None:
+    """transformers' Trainer on an OrthoGPT2 model sharded with the zoo's FSDP2 units (its GPT2Blocks).
+
+    On CPU neither transformers' `fsdp=` nor Accelerate enables FSDP, and Accelerate would wrap the sharded model
+    in DDP (which refuses DTensors): its `prepare_model` passes FSDP2 modules through here, as it does on GPUs."""
+    import torch.distributed as dist
+    from transformers import Trainer, TrainingArguments
+
+    from dcls_zoo.lm import OrthoGPT2LMHeadModel
+    from dcls_zoo.train.distributed import apply_fsdp2, gather_full_state_dict, is_fsdp2_model
+
+    dist.init_process_group("gloo")
+    torch.manual_seed(0)
+    model = OrthoGPT2LMHeadModel(_tiny_lm_config())
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    apply_fsdp2(model)
+    args = TrainingArguments(output_dir=os.path.join(output_dir, "hf"), use_cpu=True, per_device_train_batch_size=2,
+                             max_steps=2, learning_rate=1e-2, logging_steps=1, save_strategy="no", report_to="none",
+                             disable_tqdm=True, max_grad_norm=1.0, seed=0)
+    trainer = Trainer(model=model, args=args, train_dataset=_TokenData())
+    prepare_model = trainer.accelerator.prepare_model
+    trainer.accelerator.prepare_model = lambda m, *a, **k: m if is_fsdp2_model(m) else prepare_model(m, *a, **k)
+    result = trainer.train()
+    state = gather_full_state_dict(model)
+    if dist.get_rank() == 0:
+        plain = OrthoGPT2LMHeadModel(_tiny_lm_config())
+        plain.load_state_dict(state, strict=False)  # lm_head.weight is wte.weight (tied)
+        plain.save_pretrained(os.path.join(output_dir, "folder"))
+        from safetensors.torch import save_file
+
+        for name, values in (("before", before), ("after", state)):
+            save_file({k: v.clone() for k, v in values.items() if k != "lm_head.weight"},
+                      os.path.join(output_dir, f"{name}.safetensors"))
+        with open(os.path.join(output_dir, "hf.json"), "w") as f:
+            json.dump({"loss": result.training_loss, "steps": result.global_step,
+                       "units": [n for n, m in model.named_modules() if is_fsdp2_model(m)]}, f)
+    dist.barrier()
+
+
 if __name__ == "__main__":
     case, *arguments = sys.argv[1:]
-    {"fsdp2_trainer": _worker_fsdp2_trainer, "deepspeed": _worker_deepspeed}[case](*arguments)
+    {"fsdp2_trainer": _worker_fsdp2_trainer, "deepspeed": _worker_deepspeed,
+     "hf_trainer_fsdp2": _worker_hf_trainer_fsdp2}[case](*arguments)
     import torch.distributed as dist
 
     if dist.is_initialized():
@@ -312,6 +372,30 @@ def test_deepspeed_zero2_zero3_match_one_process_and_clamp_the_master_copy(tmp_p
         assert_same_weights(got, want)
         reloaded = timm.create_model(f"local-dir:{folder}", pretrained=True)
         assert reloaded.stages[0].blocks[1].conv_dw.P is reloaded.stages[0].blocks[0].conv_dw.P
+
+
+def test_hf_trainer_trains_and_saves_an_fsdp2_sharded_ortho_gpt2(tmp_path):
+    """transformers' Trainer on top of the zoo's FSDP2 units (GPT2Blocks), 2 processes: trains, the gathered weights
+    save as a transformers folder that reloads with its tie (lm_head = wte)."""
+    from transformers import AutoModelForCausalLM
+
+    import dcls_zoo  # noqa: F401  (registers ortho_gpt2 with the Auto classes)
+
+    out = str(tmp_path)
+    run_workers("hf_trainer_fsdp2", out)
+    info = json.load(open(os.path.join(out, "hf.json")))
+    assert info["steps"] == 2 and np.isfinite(info["loss"])
+    assert info["units"] == ["", "transformer.h.0", "transformer.h.1"]
+    before = load_weights(os.path.join(out, "before.safetensors"))
+    after = load_weights(os.path.join(out, "after.safetensors"))
+    assert sorted(before) == sorted(after)
+    assert all(not torch.equal(before[k], after[k]) for k in after if k.endswith("attn.c_attn.weight"))
+    reloaded = AutoModelForCausalLM.from_pretrained(os.path.join(out, "folder"))
+    assert type(reloaded).__name__ == "OrthoGPT2LMHeadModel"
+    assert reloaded.lm_head.weight is reloaded.transformer.wte.weight
+    state = reloaded.state_dict()
+    for k, v in after.items():
+        assert torch.equal(state[k], v), k
 
 
 def launch_environment(config_file: str) -> dict[str, str]:
