@@ -313,6 +313,11 @@ def select_engine(accelerator: Any, cfg: Any) -> Optional[str]:
         raise ValueError(f"--model-ema-decay is not supported with {engine}: the EMA copy would average sharded "
                          "parameters; train without it")
     if engine == "deepspeed":
+        if cfg.resume:
+            # the trainer's checkpoints hold the full model, but the optimiser state of a ZeRO run lives in its
+            # partitions; an exact continuation would need DeepSpeed's own checkpoint format
+            raise ValueError("--resume is not supported under DeepSpeed yet (the optimiser state is partitioned); "
+                             "resume with FSDP2 or DDP, or start again with --overwrite")
         ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
         wanted = float(cfg.clip_grad or 0.0)
         given = ds_config.get("gradient_clipping", "auto")
