@@ -145,6 +145,7 @@ def _scramble_same_size(path):
     ("model.safetensors", "delete", "{path} is missing; the checkpoint is incomplete"),
     ("ema.safetensors", "delete", "{path} is missing; the checkpoint is incomplete"),
     ("rng_state_0.json", "delete", "{path} is missing; the checkpoint is incomplete"),
+    ("optimizer.safetensors", "symlink", "{path} is a symbolic link; a checkpoint holds the plain files the run"),
     ("model.safetensors", "scramble", "{path} is not a readable safetensors file ("),
     ("optimizer.json", "scramble", "{path} is not a readable JSON file ("),
     ("rng_state_0.json", "scramble", "{path} is not a readable JSON file ("),
@@ -161,6 +162,9 @@ def test_damaged_checkpoint_refuses_naming_the_file(run_copy, image_data, capsys
         path.unlink()
     elif damage == "scramble":
         _scramble_same_size(path)
+    elif damage == "symlink":  # to a same-size file elsewhere
+        shutil.move(path, path.parent.parent / "elsewhere")
+        path.symlink_to(path.parent.parent / "elsewhere")
     elif damage == "no file list":
         path.write_text(json.dumps({"global_step": 4}))
     elif damage == "bad step":
@@ -395,7 +399,7 @@ def test_finetuned_folder_card_curves_and_losses(tmp_path, image_data, monkeypat
     assert results["trainer"].last_loss == losses[-1]  # the progress bar's step_loss
 
 
-def test_two_processes_with_tensorboard_write_card_results_and_reload(tmp_path, image_data):
+def test_two_processes_with_tensorboard_write_card_results_and_reload(tmp_path, image_data, capsys):
     """`accelerate launch` with 2 processes (gloo on the CPU) and the TensorBoard tracker on: exits 0 and writes
     the card, the results with the reload check, the events, and every process's generator state."""
     import tensorboard  # noqa: F401  (a test dependency: the tracker must be on)
@@ -418,3 +422,7 @@ def test_two_processes_with_tensorboard_write_card_results_and_reload(tmp_path, 
     step = out / CHECKPOINT_DIR / "step_00000002"
     assert {"rng_state_0.json", "rng_state_1.json"} <= set(os.listdir(step))
     assert json.loads((step / "trainer_state.json").read_text())["num_processes"] == 2
+    # one process cannot continue it exactly (other batches per step, other generators): refused
+    assert main([*args, "--resume"]) == 1
+    assert error_line(capsys) == (f"dcls-zoo train: error: --resume: {step} was written by 2 process(es), this run "
+                                  "has 1; an exact continuation needs the same number")

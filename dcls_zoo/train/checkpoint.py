@@ -245,7 +245,11 @@ def check_listed_files(folder: str, listed: dict[str, int]) -> None:
                               f"{TRAINER_STATE} lists {', '.join(sorted(listed))}); nothing else is read: remove it")
     for name, size in sorted(listed.items()):
         path = os.path.join(folder, name)
-        if not os.path.isfile(path) or os.path.islink(path):
+        if os.path.islink(path):
+            raise CheckpointError(f"--resume: {path} is a symbolic link; a checkpoint holds the plain files the run "
+                                  "wrote, nothing else is read: replace it by the file or resume from an earlier "
+                                  "checkpoint")
+        if not os.path.isfile(path):
             raise CheckpointError(f"--resume: {path} is missing; the checkpoint is incomplete: resume from an "
                                   "earlier one (delete this folder) or start again with --overwrite")
         if os.path.getsize(path) != size:
