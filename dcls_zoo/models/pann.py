@@ -245,13 +245,13 @@ class PANN(nn.Module):
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         self.num_classes = num_classes
         if global_pool is not None:
-            self.global_pool = self._make_pool(global_pool, num_classes)
+            self.global_pool = self._make_pool(global_pool, num_classes).train(self.fc1.training)
             self.global_pool_type = global_pool
         elif self.global_pool_type == "" and num_classes:
             raise ValueError(f"global_pool='' (no pooling) needs num_classes=0, got num_classes={num_classes}")
         device, dtype = self.fc1.weight.device, self.fc1.weight.dtype
         self.head = (nn.Linear(self.head_hidden_size, num_classes, device=device, dtype=dtype) if num_classes > 0
-                     else nn.Identity())
+                     else nn.Identity()).train(self.fc1.training)  # a new head keeps the model's mode
 
     def _frontend(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() in (2, 3, 4) and x.shape[-1] < self.min_samples:
