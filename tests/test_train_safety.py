@@ -208,13 +208,26 @@ def test_a_folder_holding_files_is_not_reused_silently(run_copy, image_data, tmp
     (tmp_path / "afile").write_text("x")
     assert main(tiny_args(image_data, tmp_path / "afile")) == 1
     assert error_line(capsys).endswith(f"--output-dir {tmp_path / 'afile'} is a file, not a folder")
-    # --overwrite: the older run's state is replaced by the new run's
+    # --overwrite deletes only what a run writes: a user's file in logs/ stops it, and nothing is deleted
+    (run_copy / "logs" / "my-notes.txt").write_text("mine")
+    assert main(tiny_args(image_data, run_copy, "--overwrite")) == 1
+    assert error_line(capsys) == (f"dcls-zoo train: error: --overwrite deletes the previous run's logs/, but "
+                                  f"{run_copy / 'logs' / 'my-notes.txt'} is not something a run writes; move it away "
+                                  "or choose another --output-dir")
+    assert sorted(os.listdir(run_copy / CHECKPOINT_DIR)) == ["step_00000002", "step_00000004"]
+    (run_copy / "logs" / "my-notes.txt").unlink()
+    # --overwrite: the older run's state and files go (a stale card would describe other weights), others stay
     old_run = json.loads((_last_checkpoint(run_copy) / "trainer_state.json").read_text())["run_id"]
+    (run_copy / "README.md").write_text("the card of the older run")
+    (run_copy / "data-notes.txt").write_text("mine")
     assert main(tiny_args(image_data, run_copy, "--overwrite", "--max-steps", "2", "--save-every", "1")) == 0
     names = sorted(os.listdir(run_copy / CHECKPOINT_DIR))
     assert names == ["step_00000001", "step_00000002"]
     new_run = json.loads((run_copy / CHECKPOINT_DIR / names[-1] / "trainer_state.json").read_text())["run_id"]
     assert new_run != old_run
+    assert not (run_copy / "README.md").exists()  # this run (--no-save-model) writes no card
+    assert (run_copy / "data-notes.txt").read_text() == "mine"
+    assert json.loads((run_copy / "all_results.json").read_text())["global_step"] == 2
 
 
 def test_pruning_touches_only_this_runs_checkpoints(tmp_path, image_data, trained_run):

@@ -94,7 +94,7 @@ class TrainConfig:
     save_every: int | None = None  # optimiser steps between checkpoints (default: at the end of each epoch)
     keep_checkpoints: int = 2  # newest checkpoints of this run kept in output_dir/checkpoints; 0: none are written
     resume: bool = False  # continue the run in output_dir from its latest checkpoint
-    overwrite: bool = False  # replace the run in a non-empty output_dir (its checkpoints/ and logs/ are deleted)
+    overwrite: bool = False  # replace the run in a non-empty output_dir (what it wrote is deleted, other files kept)
     eval_every_epochs: int = 1
     log_every: int = 10  # optimiser steps per logs/metrics.jsonl line; its loss is the mean over those steps
     report_to: str = "auto"  # auto (TensorBoard when installed) | tensorboard | none

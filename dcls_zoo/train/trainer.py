@@ -8,7 +8,8 @@ step) are written atomically, so a run killed at any moment and resumed from its
 weights as an uninterrupted run.
 
 The output folder is never silently reused: a folder that holds files needs `--resume` (continue its run) or
-`--overwrite` (start afresh: its `checkpoints/` and `logs/` are deleted, the files a run writes are replaced).
+`--overwrite` (start afresh: what the previous run wrote, `RUN_OUTPUT_FILES`, `checkpoints/` and `logs/`, is
+deleted; other files are kept).
 Checkpoint pruning (`--keep-checkpoints`) only ever deletes checkpoints of the current run.
 """
 from __future__ import annotations
@@ -55,6 +56,16 @@ CHECKPOINT_PREFIX = "step_"
 TRAINER_STATE = ckpt.TRAINER_STATE
 METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "training_curves.png"
+
+
+# What a run writes at the folder's root (the Hub-ready files, the results; for lm the tokenizer): `--overwrite`
+# deletes these, checkpoints/ and logs/ of the previous run, and nothing else.
+RUN_OUTPUT_FILES = (
+    "model.safetensors", "model.safetensors.sha256", "config.json", "generation_config.json", "README.md",
+    CURVES_FILE, "train_results.json", "eval_results.json", "all_results.json", "training_config.json",
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
+    "added_tokens.json", "chat_template.jinja",
+)
 
 
 def _first_file(folder: str) -> str | None:
@@ -252,14 +263,38 @@ class Trainer:
             if found is not None:
                 raise ValueError(f"--output-dir {self.output_dir} is not empty (it holds {found}); pass --resume to "
                                  "continue its run, --overwrite to replace it, or choose another folder")
+        if cfg.overwrite:
+            self._check_run_state_is_ours()
         self.accelerator.wait_for_everyone()  # every process has looked before any writes
+
+    def _check_run_state_is_ours(self) -> None:
+        """--overwrite deletes checkpoints/ and logs/: only when they hold nothing but what a run writes there."""
+        ours = {self.checkpoint_dir: lambda n: n.startswith((CHECKPOINT_PREFIX, ".tmp-" + CHECKPOINT_PREFIX)),
+                self.logging_dir: lambda n: n in (METRICS_FILE, "dcls-zoo")}
+        for sub, is_ours in ours.items():
+            if os.path.isdir(sub) and not os.path.islink(sub):
+                foreign = sorted(n for n in os.listdir(sub) if not is_ours(n))
+            else:
+                foreign = [""] if os.path.lexists(sub) else []
+            if foreign:
+                raise ValueError(f"--overwrite deletes the previous run's {os.path.basename(sub)}/, but "
+                                 f"{os.path.join(sub, foreign[0]).rstrip(os.sep)} is not something a run writes; move "
+                                 "it away or choose another --output-dir")
 
     def _prepare_output_dir(self) -> None:
         acc = self.accelerator
         if acc.is_main_process:
-            if self.cfg.overwrite:  # asked for: the previous run's state goes, the files of the same names later
-                for sub in (self.checkpoint_dir, self.logging_dir):
-                    shutil.rmtree(sub, ignore_errors=True)
+            if self.cfg.overwrite:  # asked for: what the previous run wrote goes (nothing else in the folder)
+                try:
+                    for sub in (self.checkpoint_dir, self.logging_dir):
+                        if os.path.lexists(sub):
+                            shutil.rmtree(sub)
+                    for name in RUN_OUTPUT_FILES:
+                        path = os.path.join(self.output_dir, name)
+                        if os.path.isfile(path) or os.path.islink(path):
+                            os.remove(path)
+                except OSError as err:
+                    raise _io_error("replace the previous run in", self.output_dir, err) from None
             try:
                 os.makedirs(self.logging_dir, exist_ok=True)
             except OSError as err:
