@@ -14,6 +14,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 import torch.nn as nn
 
@@ -73,7 +74,7 @@ def assert_same_weights(got: dict[str, torch.Tensor], want: dict[str, torch.Tens
     """Equal up to fp32 rounding: gradients summed in another order, amplified by 3 SGD steps at lr 1 (measured:
     at most 7e-4 on weights of magnitude ~7, i.e. 1e-4 of the tensor's scale); `rtol=0` asks for bit equality."""
     assert sorted(got) == sorted(want)
-    worst = max((float((got[k].float() - want[k].float()).abs().max()) / (1.0 + float(want[k].abs().max())), k)
+    worst = max((float((got[k].float() - want[k].float()).abs().max()) / (1.0 + float(want[k].float().abs().max())), k)
                 for k in want if want[k].numel())
     assert worst[0] <= rtol, worst
 
@@ -271,10 +272,78 @@ def _worker_hf_trainer_fsdp2(output_dir: str) -> None:
     dist.barrier()
 
 
+SNN_EPOCHS = 3
+
+
+def _tiny_snn():
+    import timm
+
+    import dcls_zoo  # noqa: F401
+
+    torch.manual_seed(0)
+    return timm.create_model("snn_delays_shd", num_inputs=8, img_size=(12, 8), hidden_sizes=(8, 8), max_delay=5,
+                             num_classes=3, drop_rate=0.0)
+
+
+def _snn_batch():
+    g = torch.Generator().manual_seed(2)
+    return (torch.rand(4, 12, 8, generator=g) < 0.3).float(), torch.randint(0, 3, (4,), generator=g)
+
+
+def snn_run(model: nn.Module, engine=None) -> tuple[list[float], list[float]]:
+    """`SNN_EPOCHS` one-step epochs, the sigma schedule of a 4x longer run stepped after each (as the trainer's
+    SigmaScheduleCallback does) and the positions clamped after each step; returns sigma and max |P| after each
+    epoch. With a DeepSpeed `engine` (whose module is `model`), the engine runs the steps."""
+    from dcls_zoo.models.snn_delays import SigmaSchedule
+    from dcls_zoo.train.distributed import clamp_dcls_positions
+
+    optimizer = None if engine is not None else _recipe_optimizer(model)
+    schedule = SigmaSchedule(model, epochs=4 * SNN_EPOCHS)
+    x, y = _snn_batch()
+    sigmas, worst = [], []
+    for epoch in range(SNN_EPOCHS):
+        loss = nn.functional.cross_entropy((engine or model)(x), y)
+        if engine is not None:
+            engine.backward(loss)
+            engine.step()
+        else:
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        clamp_dcls_positions(model)
+        schedule.step(epoch)
+        sigmas.append(schedule.sigma)
+        worst.append(max(float(m.P.detach().abs().max()) for m in model.modules() if hasattr(m, "SIG")))
+    return sigmas, worst
+
+
+def _worker_deepspeed_snn(output_dir: str) -> None:
+    """DeepSpeed ZeRO-2 on the SNN-delays model with its sigma schedule; every process sees the whole batch (its
+    BatchNorm statistics are per process), so the averaged gradient is one process's."""
+    import deepspeed
+    import torch.distributed as dist
+    from safetensors.torch import save_file
+
+    from dcls_zoo.train.distributed import deepspeed_config
+
+    deepspeed.init_distributed(dist_backend="gloo")
+    model = _tiny_snn()
+    optimizer = _recipe_optimizer(model)
+    config = deepspeed_config(2, micro_batch_size=4, world_size=dist.get_world_size())
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+    sigmas, worst = snn_run(engine.module, engine)
+    if dist.get_rank() == 0:
+        save_file({k: v.detach().contiguous() for k, v in engine.module.state_dict().items()},
+                  os.path.join(output_dir, "snn.safetensors"))
+        with open(os.path.join(output_dir, "snn.json"), "w") as f:
+            json.dump({"sigmas": sigmas, "max_P": worst}, f)
+    dist.barrier()
+
+
 if __name__ == "__main__":
     case, *arguments = sys.argv[1:]
     {"fsdp2_trainer": _worker_fsdp2_trainer, "deepspeed": _worker_deepspeed,
-     "hf_trainer_fsdp2": _worker_hf_trainer_fsdp2}[case](*arguments)
+     "hf_trainer_fsdp2": _worker_hf_trainer_fsdp2, "deepspeed_snn": _worker_deepspeed_snn}[case](*arguments)
     import torch.distributed as dist
 
     if dist.is_initialized():
@@ -372,6 +441,21 @@ def test_deepspeed_zero2_zero3_match_one_process_and_clamp_the_master_copy(tmp_p
         assert_same_weights(got, want)
         reloaded = timm.create_model(f"local-dir:{folder}", pretrained=True)
         assert reloaded.stages[0].blocks[1].conv_dw.P is reloaded.stages[0].blocks[0].conv_dw.P
+
+
+def test_deepspeed_zero2_keeps_the_snn_sigma_schedule_and_clamp(tmp_path):
+    """SNN delays under ZeRO-2: sigma decays per epoch as in one process, positions clamped, same weights."""
+    reference = _tiny_snn()
+    want_sigmas, want_worst = snn_run(reference)
+    want = {k: v.detach() for k, v in reference.state_dict().items()}
+    out = str(tmp_path)
+    run_workers("deepspeed_snn", out)
+    info = json.load(open(os.path.join(out, "snn.json")))
+    assert want_sigmas[0] < 1.0 and want_sigmas[-1] == pytest.approx(0.23)  # the schedule ran to its floor
+    assert info["sigmas"] == pytest.approx(want_sigmas, rel=1e-6)
+    bound = 5 // 2
+    assert max(want_worst) == bound and max(info["max_P"]) <= bound
+    assert_same_weights(load_weights(os.path.join(out, "snn.safetensors")), want)
 
 
 def test_hf_trainer_trains_and_saves_an_fsdp2_sharded_ortho_gpt2(tmp_path):
