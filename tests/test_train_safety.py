@@ -274,6 +274,27 @@ def test_corrupt_or_truncated_image_is_named(tmp_path, capsys, damage):
     assert line.endswith("(corrupt or truncated?); fix or remove it from the data set")
 
 
+def test_corrupt_audio_clip_is_named(tmp_path):
+    from test_train_tasks import write_audio_folder
+
+    from dcls_zoo.train import TrainConfig
+
+    data = write_audio_folder(tmp_path / "audio")
+    bad = tmp_path / "audio" / "train" / "clip2.wav"
+    _truncate(bad)
+    bad.write_bytes(b"RIFF" + bad.read_bytes()[4:40])  # a header that promises more than the file holds
+    cfg = TrainConfig(task="audio", model="dcls_convnext_audio_tiny", dataset=data, label_column="labels",
+                      num_classes=3, eval_split="train", max_steps=1, output_dir=str(tmp_path / "out"),
+                      report_to="none", progress=False, clip_seconds=1.5, batch_size=4,
+                      model_kwargs=dict(waveform_input=True, dims=[8, 8, 16, 16], depths=[1, 1, 1, 1],
+                                        dcls_dilated_kernel_size=5, dcls_kernel_count=3))
+    trainer = Trainer(cfg)
+    paths = [r["audio"]["path"] if isinstance(r["audio"], dict) else r["audio"] for r in trainer.train_set.rows]
+    index = [os.path.basename(p) for p in paths].index("clip2.wav")
+    with pytest.raises(ValueError, match=rf"^cannot read audio {bad}: .* \(corrupt or truncated\?\); fix or remove"):
+        trainer.train_set[index]
+
+
 def _fail_writes_under(monkeypatch, root, code, folders=True):
     """Every Python-level file (and folder) creation under `root` fails with OSError(code)."""
     import builtins

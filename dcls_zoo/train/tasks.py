@@ -254,7 +254,13 @@ def decode_audio(value: Any) -> tuple[np.ndarray, int]:
         raise ImportError("audio decoding needs soundfile: pip install 'dcls-zoo[train]'") from err
     source = io.BytesIO(value["bytes"]) if isinstance(value, dict) and value.get("bytes") else (
         value["path"] if isinstance(value, dict) else value)
-    array, rate = soundfile.read(source, dtype="float32", always_2d=True)
+    try:
+        array, rate = soundfile.read(source, dtype="float32", always_2d=True)
+    except (RuntimeError, OSError, ValueError, EOFError) as err:  # soundfile's LibsndfileError is a RuntimeError
+        where = (value.get("path") if isinstance(value, dict) else value) or "a clip stored in the data set"
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ValueError(f"cannot read audio {where}: {reason} (corrupt or truncated?); fix or remove it from the "
+                         "data set") from None
     return array, int(rate)
 
 
