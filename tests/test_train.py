@@ -59,7 +59,7 @@ def test_image_training_lowers_loss_and_logs(tmp_path, image_folder):
     records = [json.loads(line) for line in open(trainer.metrics_path)]
     assert [r["step"] for r in records if "eval_accuracy" in r] == [4, 8, 12]
     assert all({"loss", "lr", "samples_per_second"} <= set(r) for r in records if "loss" in r)
-    # every checkpoint is complete (an Accelerate state plus our step counter); keep_checkpoints=2 kept two
+    # every checkpoint is complete (safetensors + JSON, listed in its trainer_state.json); keep_checkpoints=2 kept two
     names = sorted(os.listdir(os.path.join(cfg.output_dir, "checkpoints")))
     assert names == ["step_00000008", "step_00000012"]
 
