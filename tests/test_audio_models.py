@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from dcls_zoo.data.audioset_labels import AUDIOSET_LABELS, AUDIOSET_MIDS
-from dcls_zoo.layers import Dcls2d
+from dcls_zoo.layers import Dcls2d, expand_shared_entries
 
 tl_stft = pytest.importorskip("torchlibrosa.stft", reason="torchlibrosa: the AudioSet ConvNeXt's own front-end")
 ref_dcls = pytest.importorskip("DCLS.construct.modules", reason="the dcls==0.1.1 oracle is a test extra")
@@ -39,7 +39,8 @@ def test_parameter_counts_equal_the_originals(name):
 
 def test_dcls_convnext_state_dict_repeats_shared_positions_like_the_original():
     model = timm.create_model("dcls_convnext_audio_tiny", device="meta")
-    assert sum(v.numel() for v in model.state_dict().values()) == 28_760_399
+    # one key per shared tensor in the state dict; in the originals' form (every layer's copy), their count
+    assert sum(v.numel() for v in expand_shared_entries(model.state_dict(), model).values()) == 28_760_399
     assert len({id(m.P) for m in model.modules() if isinstance(m, Dcls2d)}) == 4
 
 
@@ -378,7 +379,7 @@ def test_dcls_audio_original_checkpoint_matches_reference(name, tmp_path):
 
 def test_dcls_audio_checkpoint_with_disagreeing_position_copies_is_refused(tmp_path):
     model = timm.create_model("dcls_convnext_audio_tiny", depths=(2, 1, 1, 1))
-    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    sd = {k: v.clone() for k, v in expand_shared_entries(model.state_dict(), model).items()}   # every layer's copy
     sd["stages.0.blocks.1.conv_dw.P"] += 1.0
     torch.save(sd, tmp_path / "bad.pth")
     with pytest.raises(ValueError, match="should hold one shared tensor"):
@@ -390,11 +391,12 @@ def test_dcls_audio_safetensors_with_positions_stored_once_loads(tmp_path):
     from safetensors.torch import save_file
     model = _randomize(timm.create_model("dcls_convnext_audio_tiny", depths=(2, 1, 1, 1)))
     stored, seen = {}, set()
-    for k, v in model.state_dict().items():   # each shared tensor once, as safetensors requires
+    every_copy = expand_shared_entries(model.state_dict(), model)
+    for k, v in every_copy.items():   # each shared tensor once, as safetensors requires
         if v.data_ptr() not in seen:
             seen.add(v.data_ptr())
             stored[k] = v.contiguous()
-    assert len(stored) < len(model.state_dict())
+    assert len(stored) < len(every_copy)
     save_file(stored, str(tmp_path / "model.safetensors"))
     loaded = timm.create_model("dcls_convnext_audio_tiny", depths=(2, 1, 1, 1), pretrained=True,
                                pretrained_cfg_overlay=dict(file=str(tmp_path / "model.safetensors"))).eval()
@@ -426,6 +428,26 @@ def test_waveform_input_runs_the_dcls_audio_front_end(name):
         wave_model(torch.zeros(1, 2, SR))
     with pytest.raises(ValueError, match="in_chans=1"):
         timm.create_model(name, waveform_input=True, in_chans=3, **small)
+
+
+@pytest.mark.parametrize("name", ["fastvit_audio_sa24", "dcls_fastvit_audio_sa24"])
+def test_fastvit_audio_reparameterizes(name):
+    from timm.models import reparameterize_model
+
+    torch.manual_seed(0)   # the SA24 layout at small widths: the stage-4 positional encoding is what matters
+    model = timm.create_model(name, layers=(1, 1, 1, 1), embed_dims=(16, 32, 64, 128)).eval()
+    with torch.no_grad():   # trained-looking positional encoding and layer scales, so every branch matters
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    x = torch.randn(2, 1, 128, 48)
+    with torch.no_grad():
+        expected = model(x)
+        fused = reparameterize_model(model)
+        torch.testing.assert_close(fused(x), expected, rtol=1e-5, atol=1e-5)
+    pos_enc = fused.stages[3].pos_emb
+    assert pos_enc.reparam_conv is not None and not hasattr(pos_enc, "pos_enc")
+    if name.startswith("dcls_"):   # frozen to the 23x23 DCLS grid before the identity was folded in
+        assert pos_enc.reparam_conv.kernel_size == (23, 23)
 
 
 @pytest.mark.parametrize("name", [n for n in DCLS_AUDIO_CASES])

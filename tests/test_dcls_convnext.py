@@ -8,7 +8,7 @@ import timm
 import torch
 
 from dcls_oracle import original_replace_dcls
-from dcls_zoo.layers import Dcls2d, dcls_position_parameter_names
+from dcls_zoo.layers import Dcls2d, dcls_position_parameter_names, expand_shared_entries
 from dcls_zoo.models.dcls_convnext import DclsConvNeXt
 
 logging.getLogger().setLevel(logging.ERROR)
@@ -91,7 +91,7 @@ def test_original_checkpoint_loads_through_pretrained_and_matches_reference(name
 
 def test_checkpoint_with_disagreeing_position_copies_is_refused(tmp_path):
     model = timm.create_model("dcls_convnext_atto")
-    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    sd = {k: v.clone() for k, v in expand_shared_entries(model.state_dict(), model).items()}   # every layer's copy
     sd["stages.0.blocks.1.conv_dw.P"] += 1.0
     path = tmp_path / "bad.pth"
     torch.save(sd, path)

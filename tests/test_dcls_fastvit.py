@@ -26,7 +26,7 @@ from timm.models import fastvit as timm_fastvit
 from timm.models import reparameterize_model
 
 from dcls_zoo.layers import DclsNd
-from dcls_zoo.layers.replace import shared_parameter_groups
+from dcls_zoo.layers.replace import expand_shared_entries, shared_parameter_groups
 from dcls_zoo.models.dcls_fastvit import DclsFastVit, checkpoint_filter_fn
 from dcls_oracle import is_depthwise, original_replace_dcls, randomize_norm_statistics
 
@@ -146,7 +146,8 @@ def test_reparameterize_model_matches_training_structure():
 
 def test_filter_rejects_unshared_positions():
     model = timm.create_model("dcls_fastvit_sa24")
-    apple_sd = {_to_apple_layout(k): v.clone() for k, v in model.state_dict().items()}
+    every_copy = expand_shared_entries(model.state_dict(), model)
+    apple_sd = {_to_apple_layout(k): v.clone() for k, v in every_copy.items()}
     apple_sd["network.7.2.convffn.conv.conv.P"] += 0.5
     with pytest.raises(ValueError, match="shared tensor but differ"):
         checkpoint_filter_fn(apple_sd, model)

@@ -20,7 +20,7 @@ VERSIONS = ("v0", "v1", "gauss", "max")
 CONFIGS = {
     "depthwise": (6, 6, 6, 5, {1: 9, 2: 7, 3: 5}, 1, "half", "zeros"),
     "dense": (4, 6, 1, 3, {1: 7, 2: 5, 3: 3}, 1, 0, "zeros"),
-    "grouped_nonsquare_stride": (4, 6, 2, 4, {1: 8, 2: (5, 9), 3: (3, 5, 7)}, 2, 1, "zeros"),
+    "grouped_nonsquare_stride": (4, 6, 2, 4, {1: 9, 2: (5, 9), 3: (3, 5, 7)}, 2, 1, "zeros"),
     "reflect": (4, 4, 4, 3, {1: 5, 2: 5, 3: 3}, 1, 1, "reflect"),
 }
 
@@ -151,16 +151,15 @@ def test_eval_kernel_cache_reuse_and_invalidation(monkeypatch):
         y1 = layer(x)
         layer(x)
         assert len(calls) == 1, "eval mode must reuse the kernel"
-        layer.P.add_(0.3)  # in-place change, as an optimizer step or load_state_dict does
+        layer.P.add_(0.3)  # in-place change, as an optimizer step does
         y2 = layer(x)
         assert len(calls) == 2 and not torch.equal(y1, y2)
-        layer.load_state_dict({k: v.clone() for k, v in layer.state_dict().items()})
-        layer(x)
-        assert len(calls) == 3
+        layer.load_state_dict({k: v.clone() for k, v in layer.state_dict().items()})   # same values: reused
+        assert torch.equal(layer(x), y2) and len(calls) == 2
     layer.train()
     layer(x)
     layer(x)
-    assert len(calls) == 5, "train mode always rebuilds"
+    assert len(calls) == 4, "train mode always rebuilds"
     # eval with grad enabled builds a fresh graph each call, so backward works twice
     layer.eval()
     layer(x).sum().backward()
@@ -168,6 +167,40 @@ def test_eval_kernel_cache_reuse_and_invalidation(monkeypatch):
     assert layer.P.grad is not None
     clone = copy.deepcopy(layer.eval())
     assert clone._cached_kernel is None
+
+
+def _fresh_output(layer, x):
+    """The output of an identical layer that has never cached anything."""
+    twin = copy.deepcopy(layer)
+    twin._cached_kernel = twin._cache_key = None
+    return twin(x)
+
+
+@pytest.mark.parametrize("edit", ["data_add", "ema_data", "assign_load", "to_float64", "weight_data"])
+def test_eval_kernel_cache_sees_every_kind_of_parameter_change(edit):
+    torch.manual_seed(0)
+    layer = Dcls2d(4, 4, kernel_count=3, dilated_kernel_size=7, padding=3, groups=4, version="gauss").eval()
+    x = torch.randn(1, 4, 8, 8)
+    with torch.no_grad():
+        before = layer(x)   # fills the cache
+        if edit == "data_add":   # old-style code: `.data` does not bump the version counter
+            layer.P.data.add_(0.7)
+        elif edit == "ema_data":   # EMA / momentum-encoder update through .data
+            for p in (layer.weight, layer.P, layer.SIG):
+                p.data.mul_(0.5).add_(torch.randn_like(p), alpha=0.5)
+        elif edit == "assign_load":   # new Parameter objects with new values
+            state = {k: v.clone() + 0.25 for k, v in layer.state_dict().items()}
+            layer.load_state_dict(state, assign=True)
+        elif edit == "to_float64":
+            layer.to(torch.float64)
+            x = x.double()
+        elif edit == "weight_data":
+            layer.weight.data.mul_(-1)
+        after = layer(x)
+        assert after.dtype == x.dtype   # float64 kernel after .to(float64), not the cached float32 one
+        if edit != "to_float64":
+            assert not torch.allclose(after, before)
+        torch.testing.assert_close(after, _fresh_output(layer, x), rtol=0, atol=0)
 
 
 def test_pickle_and_device_roundtrip():
@@ -243,3 +276,113 @@ def test_timm_reparameterize_model_freezes_dcls_layers():
         frozen = reparameterize_model(model)
         assert type(frozen[0]) is torch.nn.Conv2d
         torch.testing.assert_close(frozen(x), expected, rtol=1e-6, atol=1e-7)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The papers' clamp without a trainer: every model clamps its stored positions before each forward
+# ----------------------------------------------------------------------------------------------------------------
+
+def _tiny_dcls_convnext(seed=0):
+    import timm
+
+    torch.manual_seed(seed)
+    return timm.create_model("dcls_convnext_atto", num_classes=4, dims=(8, 16, 24, 32), depths=(2, 1, 2, 1),
+                             dcls_dilated_kernel_size=7, dcls_kernel_count=5, ls_init_value=1.0)
+
+
+def _train(model, steps, clamp_after_step, lr=1e4):
+    """SGD with a huge position learning rate (positions leave the grid every step); returns the trajectory."""
+    from dcls_zoo.layers import dcls_parameter_groups
+
+    groups = dcls_parameter_groups(model, lr=1e-2, weight_decay=0.0, position_lr_scale=lr / 1e-2)
+    optimizer = torch.optim.SGD(groups, lr=1e-2)
+    g = torch.Generator().manual_seed(0)
+    trajectory = []
+    for _ in range(steps):
+        x, y = torch.randn(4, 3, 32, 32, generator=g), torch.randint(0, 4, (4,), generator=g)
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if clamp_after_step:
+            clamp_dcls_parameters(model)
+        trajectory.append(loss.detach())
+    return trajectory
+
+
+def test_training_loop_without_any_clamp_call_follows_the_explicit_recipe(monkeypatch):
+    # the old recipe: clamp after every optimizer step (the model's own pre-forward clamp then finds nothing to do)
+    explicit = _tiny_dcls_convnext().train()
+    expected = _train(explicit, 4, clamp_after_step=True)
+    # a foreign loop (timm's train.py, HF Trainer, a user's): no clamp call anywhere
+    implicit = _tiny_dcls_convnext().train()
+    actual = _train(implicit, 4, clamp_after_step=False)
+    assert torch.equal(torch.stack(actual), torch.stack(expected))
+    implicit(torch.randn(1, 3, 32, 32))   # the last step's positions are clamped by the next forward (eval too)
+    for (name, a), b in zip(implicit.state_dict().items(), explicit.state_dict().values()):
+        assert torch.equal(a, b), name
+    positions = [p for n, p in implicit.named_parameters() if n.endswith(".P")]
+    assert max(p.abs().max().item() for p in positions) == 3   # the bound (7 // 2) is reached: the lr is huge
+    # without any clamp (the model's pre-forward hook removed) the same loop leaves the grid and diverges
+    unclamped = _tiny_dcls_convnext().train()
+    unclamped._forward_pre_hooks.clear()
+    diverged = _train(unclamped, 4, clamp_after_step=False)
+    assert not torch.equal(torch.stack(diverged), torch.stack(expected))
+    assert max(p.abs().max().item() for n, p in unclamped.named_parameters() if n.endswith(".P")) > 3
+
+
+def test_clamp_writes_only_when_out_of_bounds():
+    layer = Dcls2d(4, 4, kernel_count=3, dilated_kernel_size=7, padding=3, groups=4, version="v1")
+    version = layer.P._version
+    assert clamp_dcls_parameters(layer) is False and layer.P._version == version   # in bounds: no write
+    with torch.no_grad():
+        layer.P[1, 0, 0, 0] = 9.0
+    version = layer.P._version
+    assert clamp_dcls_parameters(layer) is True and layer.P._version > version
+    assert layer.P[1, 0, 0, 0] == 3
+
+
+def test_gradient_accumulation_and_checkpointing_survive_the_pre_forward_clamp():
+    model = _tiny_dcls_convnext().train()
+    # two forwards before one backward: the second forward's clamp must not touch tensors the first saved
+    loss = model(torch.randn(2, 3, 32, 32)).sum() + model(torch.randn(2, 3, 32, 32)).sum()
+    loss.backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if n.endswith(".P"))
+
+
+def test_clamp_reaches_a_dtensor_position_sharded_by_fsdp2(tmp_path):
+    """FSDP2 (`fully_shard`) keeps P as a sharded DTensor between forwards: the clamp must change that copy."""
+    import os
+
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import DTensor
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(29500 + os.getpid() % 1000))
+    dist.init_process_group("gloo", rank=0, world_size=1, init_method=f"file://{tmp_path / 'pg'}")
+    try:
+        model = _tiny_dcls_convnext()
+        for stage in model.stages:   # the stage is the unit: it holds the owner and the followers of its positions
+            fully_shard(stage)
+        fully_shard(model)
+        stored = model.stages[1].blocks[0].conv_dw.P
+        assert isinstance(stored, DTensor)
+        with torch.no_grad():
+            stored.to_local()[0, 0, 0, 0] = 50.0     # as a step with a huge learning rate leaves it
+            stored.to_local()[1, 0, 0, 1] = -50.0
+        assert clamp_dcls_parameters(model) is True
+        local = model.stages[1].blocks[0].conv_dw.P.to_local()
+        assert local[0, 0, 0, 0] == 3 and local[1, 0, 0, 1] == -3
+        with torch.no_grad():
+            stored.to_local()[0, 0, 0, 0] = 50.0
+        model(torch.randn(1, 3, 32, 32)).sum().backward()   # the model's pre-forward clamp, before the unshard
+        assert model.stages[1].blocks[0].conv_dw.P.to_local()[0, 0, 0, 0] == 3
+        # a non-square layer: each axis has its own bound
+        layer = Dcls2d(2, 2, kernel_count=2, dilated_kernel_size=(3, 7), padding=(1, 3), groups=2, version="v1")
+        fully_shard(layer)
+        with torch.no_grad():
+            layer.P.to_local().fill_(9.0)
+        layer.clamp_parameters()
+        assert layer.P.to_local()[0].max() == 1 and layer.P.to_local()[1].max() == 3
+    finally:
+        dist.destroy_process_group()

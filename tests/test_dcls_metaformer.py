@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 from timm.models import metaformer as timm_metaformer
 
-from dcls_zoo.layers.replace import shared_parameter_groups
+from dcls_zoo.layers.replace import expand_shared_entries, shared_parameter_groups
 from dcls_zoo.models.dcls_metaformer import DclsMetaFormer, checkpoint_filter_fn
 from dcls_oracle import original_replace_dcls
 
@@ -113,8 +113,9 @@ def test_sailsg_checkpoint_loads_and_matches_reference(name, tmp_path):
 def test_timm_layout_with_positions_stored_once(tmp_path):
     """dcls_zoo.hub saves each shared P once (safetensors refuses aliases); the filter restores the other names."""
     source = timm.create_model("dcls_caformer_s18")
-    once = {k: v for k, v in source.state_dict().items() if not re.match(r"stages\.[01]\.blocks\.[12]\..*\.P$", k)}
-    assert len(once) == len(source.state_dict()) - 4
+    every_copy = expand_shared_entries(source.state_dict(), source)
+    once = {k: v for k, v in every_copy.items() if not re.match(r"stages\.[01]\.blocks\.[12]\..*\.P$", k)}
+    assert len(once) == len(every_copy) - 4
     path = tmp_path / "caformer.pth"
     torch.save(once, path)
     model = timm.create_model("dcls_caformer_s18", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
@@ -124,7 +125,8 @@ def test_timm_layout_with_positions_stored_once(tmp_path):
 
 def test_filter_rejects_unshared_positions():
     model = timm.create_model("dcls_caformer_s18")
-    sail_sd = {_to_sailsg_layout(k): v.clone() for k, v in model.state_dict().items()}
+    every_copy = expand_shared_entries(model.state_dict(), model)
+    sail_sd = {_to_sailsg_layout(k): v.clone() for k, v in every_copy.items()}
     sail_sd["stages.1.2.token_mixer.dwconv.P"] = sail_sd["stages.1.2.token_mixer.dwconv.P"] + 0.5
     with pytest.raises(ValueError, match="shared tensor but differ"):
         checkpoint_filter_fn(sail_sd, model)

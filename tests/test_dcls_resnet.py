@@ -18,7 +18,7 @@ import torch.nn as nn
 from timm.models import resnet as timm_resnet
 
 from dcls_zoo.layers import DclsNd
-from dcls_zoo.layers.replace import shared_parameter_groups
+from dcls_zoo.layers.replace import expand_shared_entries, shared_parameter_groups
 from dcls_zoo.models.dcls_resnet import DclsResNet, checkpoint_filter_fn
 from dcls_oracle import original_replace_dcls, randomize_norm_statistics
 
@@ -83,7 +83,7 @@ def test_train_py_checkpoint_loads_and_matches_reference(tmp_path):
 
 def test_filter_rejects_unshared_positions():
     model = timm.create_model("dcls_resnet50")
-    state_dict = dict(model.state_dict())
+    state_dict = expand_shared_entries(model.state_dict(), model)   # every layer's copy, as the originals
     state_dict["layer3.4.conv2.P"] = state_dict["layer3.4.conv2.P"] + 0.5
     with pytest.raises(ValueError, match="shared tensor but differ"):
         checkpoint_filter_fn(state_dict, model)

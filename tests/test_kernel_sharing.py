@@ -169,7 +169,10 @@ def test_ties_survive_to_safetensors_and_timm_loading(tmp_path):
     save_model(model, str(path))
     with safe_open(str(path), "pt") as f:
         stored = set(f.keys())
-    assert len(stored) == len(model.state_dict()) - 6  # each shared kernel stored once (3 groups x 2 aliases)
+    # each shared kernel is registered once, by its owner (3 groups x 2 followers fewer keys than unshared)
+    assert stored == set(model.state_dict())
+    assert len(stored) == len(timm.create_model("se_resnet_cifar_d2").state_dict()) - 6
+    assert not any(name in stored for _, *followers in shared_parameter_groups(model) for name in followers)
 
     fresh = timm.create_model("shared_se_resnet_cifar_d2")
     load_model(fresh, str(path))
@@ -187,7 +190,10 @@ def test_optimizer_step_accumulates_all_uses_and_keeps_ties():
     torch.manual_seed(3)
     shared = timm.create_model("shared_convmixer_256_16_cifar", dim=16, depth=3, num_classes=4).train()
     unshared = timm.create_model("convmixer_256_16_cifar", dim=16, depth=3, num_classes=4).train()
-    unshared.load_state_dict(shared.state_dict())
+    expanded = shared.state_dict()   # the originals' form: the shared tensor under every alias
+    for owner, *followers in shared_parameter_groups(shared):
+        expanded.update({name: expanded[owner] for name in followers})
+    unshared.load_state_dict(expanded)
     x, y = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 3])
     for model in (shared, unshared):
         nn.functional.cross_entropy(model(x), y).backward()
@@ -200,7 +206,7 @@ def test_optimizer_step_accumulates_all_uses_and_keeps_ties():
     assert not torch.equal(shared.blocks[2][1].weight, before)
     assert shared.blocks[0][1].weight is shared.blocks[2][1].weight
     sd = shared.state_dict()
-    assert torch.equal(sd["blocks.0.1.weight"], sd["blocks.2.1.weight"])
+    assert "blocks.2.1.weight" not in sd and torch.equal(sd["blocks.0.1.weight"], shared.blocks[2][1].weight)
 
 
 def test_share_kernels_on_a_timm_resnet():

@@ -6,13 +6,14 @@ from .activations import (  # noqa: F401
 from .audio import LogMelFrontend, SpecAugment  # noqa: F401
 from .dcls import (  # noqa: F401
     DCLS_VERSIONS, Dcls1d, Dcls2d, Dcls3d, DclsModelMixin, DclsNd, clamp_dcls_parameters, construct_dcls_kernel,
-    dcls_position_parameter_names,
+    dcls_parameter_groups, dcls_position_parameter_names, enable_position_clamp,
 )
 from .dcls_partial import Dcls2dK1d, Dcls3_1d  # noqa: F401
 from .metrics import average_precision_per_class, mean_average_precision  # noqa: F401
 from .replace import (  # noqa: F401
-    check_shared_copies_equal, dclsify, default_stage_groups, freeze_dcls, is_depthwise_conv2d,
+    check_shared_copies_equal, dclsify, default_stage_groups, expand_shared_entries, fold_shared_entries,
+    freeze_dcls, is_depthwise_conv2d,
     restore_shared_entries, shared_parameter_groups, tie_dcls_positions,
 )
-from .sharing import share_kernels  # noqa: F401
+from .sharing import TiedParametersMixin, share_kernels, tied_parameter_groups  # noqa: F401
 from .spiking import LIFNeuron, TimeSharedDropout  # noqa: F401

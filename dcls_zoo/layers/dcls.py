@@ -44,13 +44,22 @@ CPU note: a large depthwise kernel (17x17) is ~10x faster in channels_last on on
 with kernels larger than 7x7 run in channels_last (the output keeps that memory format; values are unchanged).
 
 Eval-mode cache: when no autograd graph is being recorded for the parameters (eval mode, or inference), the dense
-kernel is built once and reused until a parameter is modified in place (optimizer step, `load_state_dict`), moved,
-or the module returns to train mode.
+kernel is built once and reused while weight, P and SIG hold the same values, device and dtype as when it was built
+(compared by value against a private copy, so edits through `.data`, `load_state_dict(assign=True)`, `.to()` or an
+EMA update are all seen); train mode, tracing and compiling never use it.
+
+Shared positions: the layers of a stage share one P (and SIG). The first layer of the stage owns them; the others
+follow it (`dcls_zoo.layers.sharing.TiedParametersMixin`): they read the owner's tensors at every forward and do not
+register them, so a state dict holds each shared tensor once, under the owner's name.
+
+Clamping: positions are kept within +-(dilated_kernel_size // 2). `enable_position_clamp(model)` (which `dclsify`
+and every DCLS family apply) clamps the stored positions in place before every forward of the model, so any training
+loop follows the papers' "clamp after each optimizer step" without calling anything.
 """
 
 import math
 from contextlib import nullcontext
-from typing import Iterable, Optional, Sequence, Union
+from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -59,9 +68,13 @@ from torch.nn.modules.utils import _reverse_repeat_tuple
 from torch.utils.checkpoint import checkpoint
 from timm.layers import register_notrace_module
 
+from .dcls_conv import dcls_conv
+from .sharing import TiedParametersMixin
+
 __all__ = [
     "Dcls1d", "Dcls2d", "Dcls3d", "DclsNd", "DCLS_VERSIONS", "construct_dcls_kernel",
-    "clamp_dcls_parameters", "dcls_position_parameter_names", "DclsModelMixin",
+    "clamp_dcls_parameters", "dcls_position_parameter_names", "DclsModelMixin", "enable_position_clamp",
+    "dcls_parameter_groups",
 ]
 
 DCLS_VERSIONS = ("v0", "v1", "gauss", "max")
@@ -127,19 +140,24 @@ def construct_dcls_kernel(
     return torch.einsum(f"oik, {operands} -> oi{letters}", weight, *factors)
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _ntuple(value: Union[int, Sequence[int]], n: int, name: str) -> tuple[int, ...]:
-    if isinstance(value, int):
+    if _is_int(value):
         return (value,) * n
-    value = tuple(value)
-    if len(value) != n or not all(isinstance(v, int) for v in value):
-        raise ValueError(f"{name} must be an int or a sequence of {n} ints, got {value!r}")
-    return value
+    if isinstance(value, (tuple, list)) and len(value) == n and all(_is_int(v) for v in value):
+        return tuple(value)
+    raise ValueError(f"{name} must be an int or a sequence of {n} ints, got {value!r}")
 
 
-class DclsNd(nn.Module):
+class DclsNd(TiedParametersMixin, nn.Module):
     """Shared implementation of `Dcls1d` / `Dcls2d` / `Dcls3d` (use those)."""
 
     _ndim: int = 0  # set by Dcls1d/2d/3d
+    # the names a layer of a stage can take from the stage's first layer (see `follow_positions`)
+    tied_position_names = ("P", "SIG")
 
     def __init__(
         self,
@@ -158,28 +176,34 @@ class DclsNd(nn.Module):
     ) -> None:
         super().__init__()
         n = self.spatial_dims = self._ndim  # instance attribute: visible to TorchScript too
+        name = type(self).__name__
         if version not in DCLS_VERSIONS:
-            raise ValueError(f"version must be one of {DCLS_VERSIONS}, got {version!r}")
-        if not isinstance(kernel_count, int) or kernel_count < 1:
-            raise ValueError(f"kernel_count must be an int >= 1, got {kernel_count!r}")
-        if not isinstance(groups, int) or groups < 1:
-            raise ValueError(f"groups must be an int >= 1, got {groups!r}")
-        for name, channels in (("in_channels", in_channels), ("out_channels", out_channels)):
-            if not isinstance(channels, int) or channels < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {channels!r}")
+            raise ValueError(f"{name}: version must be one of {DCLS_VERSIONS}, got {version!r}")
+        if isinstance(kernel_count, bool) or not isinstance(kernel_count, int) or kernel_count < 1:
+            raise ValueError(f"{name}: kernel_count must be an int >= 1, got {kernel_count!r}")
+        if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+            raise ValueError(f"{name}: groups must be an int >= 1, got {groups!r}")
+        for arg, channels in (("in_channels", in_channels), ("out_channels", out_channels)):
+            if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+                raise ValueError(f"{name}: {arg} must be an int >= 1, got {channels!r}")
             if channels % groups:
-                raise ValueError(f"{name} ({channels}) must be divisible by groups ({groups})")
+                raise ValueError(f"{name}: {arg} ({channels}) must be divisible by groups ({groups})")
         if padding_mode not in _PADDING_MODES:
-            raise ValueError(f"padding_mode must be one of {_PADDING_MODES}, got {padding_mode!r}")
+            raise ValueError(f"{name}: padding_mode must be one of {_PADDING_MODES}, got {padding_mode!r}")
         dks = _ntuple(dilated_kernel_size, n, "dilated_kernel_size")
         if min(dks) < 1:
-            raise ValueError(f"dilated_kernel_size must be >= 1 along every axis, got {dks}")
+            raise ValueError(f"{name}: dilated_kernel_size must be >= 1 along every axis, got {dks}")
+        if any(size % 2 == 0 for size in dks):
+            # Positions are centred at size // 2: an even grid has no centre, and with the usual padding
+            # size // 2 the output grows by one per axis. Every released model uses odd sizes.
+            raise ValueError(f"{name}: dilated_kernel_size must be odd along every axis (the grid is centred at "
+                             f"size // 2), got {dks}; use {tuple(s + 1 if s % 2 == 0 else s for s in dks)}")
         self.stride = _ntuple(stride, n, "stride")
         if min(self.stride) < 1:
-            raise ValueError(f"stride must be >= 1 along every axis, got {self.stride}")
+            raise ValueError(f"{name}: stride must be >= 1 along every axis, got {self.stride}")
         self.padding = _ntuple(padding, n, "padding")
         if min(self.padding) < 0:
-            raise ValueError(f"padding must be >= 0 along every axis, got {self.padding}")
+            raise ValueError(f"{name}: padding must be >= 0 along every axis, got {self.padding}")
 
         self.in_channels = in_channels
         self.out_channels = out_channels
@@ -222,10 +246,19 @@ class DclsNd(nn.Module):
                 self.SIG.fill_(0.23 if self.version == "gauss" else 0.0)
 
     @torch.no_grad()
-    def clamp_parameters(self) -> None:
-        """Clamp positions to the dilated grid, ±(dilated_kernel_size // 2); call after every optimizer step."""
-        for d, size in enumerate(self.dilated_kernel_size):
-            self.P[d].clamp_(-(size // 2), size // 2)
+    def clamp_parameters(self) -> bool:
+        """Clamp the stored positions, in place, to the dilated grid ±(dilated_kernel_size // 2).
+
+        Works on the tensor the optimizer updates, also when it is a sharded DTensor (FSDP2: each process clamps
+        its own shard). Writes (and so bumps the version counter) only when a position is out of bounds, so a
+        clamp between the forwards of an accumulated step, or inside a non-reentrant checkpoint, changes nothing.
+        Returns True if anything was clamped.
+        """
+        return clamp_positions_(self.P, self.dilated_kernel_size)
+
+    def follow_positions(self, owner: "DclsNd") -> None:
+        """Use `owner`'s P (and SIG) from now on; this layer's own are dropped (see the module docstring)."""
+        self.tie_parameters_to(owner, [n for n in self.tied_position_names if getattr(owner, n) is not None])
 
     # ------------------------------------------------------------------------------------------------- kernel
     def construct_kernel(self) -> torch.Tensor:
@@ -250,38 +283,51 @@ class DclsNd(nn.Module):
     def _kernel(self) -> torch.Tensor:
         params = self._params()
         records_graph = torch.is_grad_enabled() and any(p.requires_grad for p in params)
-        if self.training or records_graph:
+        if (self.training or records_graph or torch.jit.is_tracing() or torch.compiler.is_compiling()
+                or any(_is_dtensor(p) for p in params)):
             self._cached_kernel = self._cache_key = None
             return self.construct_kernel()
-        key = tuple((id(p), p.data_ptr(), p._version, p.device, p.dtype) for p in params)
-        if self._cache_key != key:
+        # Reused only while the parameters hold exactly the values it was built from: `_version` and `data_ptr`
+        # miss edits through `.data` (EMA, momentum encoders) and copies into the same storage; comparing the
+        # small weight/P/SIG tensors by value catches every change and costs far less than building the kernel.
+        key = self._cache_key
+        if key is None or len(key) != len(params) or not all(
+                k.device == p.device and k.dtype == p.dtype and k.shape == p.shape and torch.equal(k, p)
+                for k, p in zip(key, params)):
             self._cached_kernel = self.construct_kernel().detach()
-            self._cache_key = key
+            self._cache_key = tuple(p.detach().clone() for p in params)
         return self._cached_kernel
 
     def train(self, mode: bool = True):
         self._cached_kernel = self._cache_key = None
         return super().train(mode)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._forward_impl(x)
-
-    # TorchScript and FX treat the layer as one opaque Python call (kernel construction and its eval cache are
-    # Python); to export a model without Python, freeze its DCLS layers into plain convolutions (`to_conv()`).
-    # Under TorchScript `self` is a ScriptModule, so this method only reads attributes, never other methods.
-    @torch.jit.ignore
-    def _forward_impl(self, x: torch.Tensor) -> torch.Tensor:
+    def _check_input(self, x: torch.Tensor) -> None:
         n = self.spatial_dims
-        name = f"Dcls{n}d"
+        name = type(self).__name__
         if x.dim() not in (n + 1, n + 2):
             raise ValueError(f"{name} expects a {n + 2}-D (batched) or {n + 1}-D (unbatched) input, "
                              f"got shape {tuple(x.shape)}")
         if x.shape[-n - 1] != self.in_channels:
             raise ValueError(f"{name} expects {self.in_channels} input channels, got input shape {tuple(x.shape)}")
-        if isinstance(self, DclsNd):
-            kernel = self._kernel()
-        else:  # a scripted copy: no cache
-            kernel = construct_dcls_kernel(self.weight, self.P, self.SIG, self.dilated_kernel_size, self.version)
+        spatial = tuple(x.shape[-n:])
+        minimum = tuple(max(1, k - 2 * p) for k, p in zip(self.dilated_kernel_size, self.padding))
+        if any(s < m for s, m in zip(spatial, minimum)):
+            raise ValueError(f"{name} with dilated_kernel_size {self.dilated_kernel_size} and padding {self.padding} "
+                             f"needs a spatial input of at least {'x'.join(map(str, minimum))}, got "
+                             f"{'x'.join(map(str, spatial))} (input shape {tuple(x.shape)})")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return self._forward_script(x)
+        else:
+            return self._forward_impl(x)
+
+    @torch.jit.ignore
+    def _forward_impl(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.spatial_dims
+        self._check_input(x)
+        kernel = self._kernel()
         padding = self.padding
         if self.padding_mode != "zeros":
             x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
@@ -292,7 +338,33 @@ class DclsNd(nn.Module):
                 and math.prod(self.dilated_kernel_size) > 49):
             x = x.contiguous(memory_format=torch.channels_last)
             kernel = kernel.contiguous(memory_format=torch.channels_last)
-        return _CONV_FN[n](x, kernel, self.bias, self.stride, padding, 1, self.groups)
+        return dcls_conv(x, kernel, self.bias, self.stride, padding, 1, self.groups)  # F.conv, fast backward
+
+    # ------------------------------------------------------------------------------------------------- TorchScript
+    # TorchScript compiles `_forward_script` (kernel built at every call, no cache). A layer that follows a stage's
+    # positions registers no P of its own, so `__prepare_scriptable__` (called by torch.jit.script) hands the
+    # compiler the tensors this layer uses as the plain attributes `_script_P` / `_script_SIG`.
+    def __prepare_scriptable__(self):
+        if type(self) not in (Dcls1d, Dcls2d, Dcls3d):
+            raise RuntimeError(
+                f"torch.jit.script does not support {type(self).__name__} (its kernel is built in Python); run "
+                f"dcls_zoo.freeze_dcls(model) first to turn DCLS layers into plain convolutions")
+        # Plain attributes (in __dict__, not registered): TorchScript takes them as tensor / list attributes.
+        self.__dict__["_script_P"] = self.P
+        self.__dict__["_script_SIG"] = self.SIG
+        self.__dict__["_script_dks"] = list(self.dilated_kernel_size)
+        self.__dict__["_script_padding"] = list(self.padding) if self.padding_mode == "zeros" else [0] * self._ndim
+        return self
+
+    def _forward_script(self, x: torch.Tensor) -> torch.Tensor:
+        kernel = _script_dcls_kernel(self.weight, self._script_P, self._script_SIG, self._script_dks, self.version)
+        if self.padding_mode != "zeros":
+            x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+        if self.spatial_dims == 1:
+            return F.conv1d(x, kernel, self.bias, self.stride, self._script_padding, 1, self.groups)
+        if self.spatial_dims == 2:
+            return F.conv2d(x, kernel, self.bias, self.stride, self._script_padding, 1, self.groups)
+        return F.conv3d(x, kernel, self.bias, self.stride, self._script_padding, 1, self.groups)
 
     # ------------------------------------------------------------------------------------------------- export
     @torch.no_grad()
@@ -331,10 +403,54 @@ class DclsNd(nn.Module):
         return s
 
     def __getstate__(self):
-        # The cached kernel is derived state: never pickle or deep-copy it.
-        state = self.__dict__.copy()
+        # The cached kernel is derived state, the script attributes are stale copies: never pickle or deep-copy.
+        state = super().__getstate__()
         state["_cached_kernel"] = state["_cache_key"] = None
+        for key in ("_script_P", "_script_SIG", "_script_dks", "_script_padding"):
+            state.pop(key, None)
         return state
+
+
+def _script_dcls_kernel(
+    weight: torch.Tensor, P: torch.Tensor, SIG: Optional[torch.Tensor], dilated_kernel_size: List[int], version: str
+) -> torch.Tensor:
+    """`construct_dcls_kernel` in TorchScript (same formulas and axis conventions)."""
+    ndim = len(dilated_kernel_size)
+    if version == "v0":
+        axes = [[0], [0, 1], [0, 2, 1]][ndim - 1]
+    else:
+        axes = [[0], [1, 0], [2, 1, 0]][ndim - 1]
+    factors: List[torch.Tensor] = [weight] * ndim
+    for d in range(ndim):
+        axis = axes[d]
+        coords = torch.arange(dilated_kernel_size[axis], device=P.device, dtype=P.dtype)
+        p = (P[d] + dilated_kernel_size[d] // 2).unsqueeze(-1)
+        if version == "v0":
+            base = p.floor()
+            at_floor = (coords == base).to(p.dtype)
+            at_next = (coords == base + 1).to(p.dtype)
+            factor = at_floor + (p - base) * (at_next - at_floor)
+        elif version == "v1":
+            factor = (1 - (coords - p).abs()).relu()
+        else:
+            assert SIG is not None
+            floor = 0.27 if version == "gauss" else 1.0
+            sigma = SIG[d].unsqueeze(-1).abs() + floor
+            if version == "gauss":
+                factor = torch.exp(-0.5 * ((coords - p) / sigma) ** 2)
+            else:
+                factor = (sigma - (coords - p).abs()).relu()
+        factors[axis] = factor
+    if version != "v0":
+        denom = factors[0].sum(-1)
+        for i in range(1, ndim):
+            denom = denom * factors[i].sum(-1)
+        weight = weight / (denom + 1e-7)
+    if ndim == 1:
+        return torch.einsum("oik,oikx->oix", [weight, factors[0]])
+    if ndim == 2:
+        return torch.einsum("oik,oikx,oiky->oixy", [weight, factors[0], factors[1]])
+    return torch.einsum("oik,oikx,oiky,oikz->oixyz", [weight, factors[0], factors[1], factors[2]])
 
 
 @register_notrace_module
@@ -361,28 +477,117 @@ class Dcls3d(DclsNd):
     _ndim = 3
 
 
-def _unique_dcls_parameters(model: nn.Module, attrs: Iterable[str]) -> list[torch.Tensor]:
-    seen: dict[int, torch.Tensor] = {}
-    for module in model.modules():
-        if isinstance(module, DclsNd):
-            for attr in attrs:
-                p = getattr(module, attr)
-                if p is not None:
-                    seen.setdefault(id(p), p)
-    return list(seen.values())
+# --------------------------------------------------------------------------------------------------- clamping
+
+def _dtensor_type() -> tuple:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # torch built without distributed
+        return ()
+    return (DTensor,)
+
+
+def _is_dtensor(t: torch.Tensor) -> bool:
+    return isinstance(t, _dtensor_type())
+
+
+def _local_rows(P: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """The locally stored part of P and the global index of its first row (dim 0 = position axis)."""
+    if _is_dtensor(P):
+        from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+        _, offset = compute_local_shape_and_global_offset(P.shape, P.device_mesh, P.placements)
+        return P.to_local(), int(offset[0])
+    return P, 0
 
 
 @torch.no_grad()
-def clamp_dcls_parameters(model: nn.Module) -> None:
-    """Clamp the positions of every DCLS layer in `model` (each shared P once). Call after each optimizer step."""
+def clamp_positions_(P: torch.Tensor, dilated_kernel_size: Sequence[int]) -> bool:
+    """Clamp P[d] to ±(dilated_kernel_size[d] // 2) in place, writing only if something is out of bounds.
+
+    P may be a DTensor (FSDP2's sharded parameter): its local shard is clamped, which is the copy the optimizer
+    updates. Returns True if anything changed.
+    """
+    local, first_row = _local_rows(P)
+    if local.numel() == 0:
+        return False
+    if local.device.type == "meta":   # a model built on the meta device: no values to clamp
+        return False
+    bounds = [size // 2 for size in dilated_kernel_size]
+    if len(set(bounds)) == 1:
+        bound = bounds[0]
+        if bool(local.abs().amax() > bound):
+            local.clamp_(-bound, bound)
+            return True
+        return False
+    changed = False
+    for i in range(local.shape[0]):
+        bound = bounds[first_row + i]
+        if bool(local[i].abs().amax() > bound):
+            local[i].clamp_(-bound, bound)
+            changed = True
+    return changed
+
+
+def _unique_dcls_layers(model: nn.Module, attr: str) -> list[tuple[DclsNd, torch.Tensor]]:
+    seen: dict[int, tuple[DclsNd, torch.Tensor]] = {}
     for module in model.modules():
         if isinstance(module, DclsNd):
-            module.clamp_parameters()
+            p = getattr(module, attr)
+            if p is not None:
+                seen.setdefault(id(p), (module, p))
+    return list(seen.values())
+
+
+def _unique_dcls_parameters(model: nn.Module, attrs: Iterable[str]) -> list[torch.Tensor]:
+    return [p for attr in attrs for _, p in _unique_dcls_layers(model, attr)]
+
+
+@torch.no_grad()
+def clamp_dcls_parameters(model: nn.Module) -> bool:
+    """Clamp the stored positions of every DCLS layer in `model` (each shared P once), in place.
+
+    DTensor-safe (FSDP2) and free when nothing is out of bounds (see `DclsNd.clamp_parameters`). Models from
+    `dclsify` and the zoo's families call it before every forward (`enable_position_clamp`); call it yourself
+    after an optimizer step if you need the clamped values before the next forward. Returns True if anything
+    changed.
+    """
+    changed = False
+    for layer, _ in _unique_dcls_layers(model, "P"):
+        changed |= bool(layer.clamp_parameters())
+    return changed
+
+
+@torch.compiler.disable
+def _clamp_before_forward_eager(module: nn.Module) -> None:
+    if torch.jit.is_tracing():
+        return  # a trace records the forward only; the model's own forward clamps when the trace runs eagerly
+    clamp_dcls_parameters(module)
+
+
+def _clamp_positions_before_forward(module: nn.Module, args: Tuple[torch.Tensor]) -> None:
+    # Forward pre-hook of the model (the root): it runs before any FSDP stage unit gathers its parameters, so
+    # the clamp reaches the stored (sharded) positions. Scriptable: TorchScript skips the eager branch.
+    if not torch.jit.is_scripting():
+        _clamp_before_forward_eager(module)
+
+
+def enable_position_clamp(model: nn.Module) -> nn.Module:
+    """Clamp `model`'s stored DCLS positions in place before each of its forwards (idempotent); returns `model`.
+
+    Clamping at the start of every forward is the papers' "clamp after every optimizer step" for any training
+    loop (timm's train.py, HF Trainer, a user's own): the step's result is clamped before it is used. Under FSDP2
+    (`fully_shard`) the hook runs before the stage units gather their parameters, so it clamps the stored shards;
+    put the positions in stage (or block-group) units, not in the root unit.
+    """
+    if not any(hook is _clamp_positions_before_forward for hook in model._forward_pre_hooks.values()):
+        model.register_forward_pre_hook(_clamp_positions_before_forward)
+    return model
 
 
 class DclsModelMixin:
-    """What every model with DCLS layers offers: timm's optimizer factory reads `no_weight_decay()`, and training
-    loops call `clamp_parameters()` after each optimizer step (as the original recipes do)."""
+    """What every model with DCLS layers offers: timm's optimizer factory reads `no_weight_decay()`; positions
+    are clamped before every forward (`enable_position_clamp`), and `clamp_parameters()` clamps on demand."""
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
@@ -390,9 +595,15 @@ class DclsModelMixin:
         return dcls_position_parameter_names(self)
 
     @torch.jit.ignore
-    def clamp_parameters(self) -> None:
-        """Clamp every DCLS layer's positions to its grid (each shared tensor once)."""
-        clamp_dcls_parameters(self)
+    def clamp_parameters(self) -> bool:
+        """Clamp every DCLS layer's stored positions to its grid (each shared tensor once)."""
+        return clamp_dcls_parameters(self)
+
+    @torch.jit.ignore
+    def dcls_parameter_groups(self, lr: Optional[float] = None, weight_decay: float = 0.05,
+                              position_lr_scale: float = 5.0) -> list[dict]:
+        """The papers' optimizer groups for this model (see `dcls_zoo.layers.dcls_parameter_groups`)."""
+        return dcls_parameter_groups(self, lr=lr, weight_decay=weight_decay, position_lr_scale=position_lr_scale)
 
 
 def dcls_position_parameter_names(model: nn.Module) -> set[str]:
@@ -402,3 +613,57 @@ def dcls_position_parameter_names(model: nn.Module) -> set[str]:
     """
     ids = {id(p) for p in _unique_dcls_parameters(model, ("P", "SIG"))}
     return {name for name, p in model.named_parameters() if id(p) in ids}
+
+
+_ACTIVATION_MODULE_PREFIX = "dcls_zoo.layers.activations"
+
+
+def _activation_parameter_names(model: nn.Module) -> set[str]:
+    """Names of parameters owned by the zoo's learnable activation modules (Hermite, Fourier, Tropical)."""
+    ids = {id(p) for m in model.modules() if type(m).__module__.startswith(_ACTIVATION_MODULE_PREFIX)
+           for p in m.parameters(recurse=False)}
+    return {name for name, p in model.named_parameters() if id(p) in ids}
+
+
+def dcls_parameter_groups(
+    model: nn.Module,
+    lr: Optional[float] = None,
+    weight_decay: float = 0.05,
+    position_lr_scale: float = 5.0,
+) -> list[dict]:
+    """The papers' optimizer parameter groups, for any optimizer and trainer.
+
+    Three groups (empty ones left out), each with a `name` and the parameter `names`:
+    - ``dcls_positions``: DCLS positions and widths (P, SIG): no weight decay, learning rate x `position_lr_scale`
+      (5 in the DCLS papers), stored as timm's ``lr_scale`` (timm's schedulers apply it at every update) and, when
+      `lr` is given, also as the group's ``lr`` (plain torch optimizers and HF `Trainer` read that);
+    - ``no_decay``: 1-D tensors (biases, norms), learnable-activation coefficients, the model's `no_weight_decay()`;
+    - ``decay``: everything else, at `weight_decay`.
+
+    timm's train.py: it builds its own groups from `no_weight_decay()` (so positions get no decay there, but the
+    base learning rate); pass these groups to `timm.optim.create_optimizer_v2(groups, ...)` for the 5x. HF
+    `Trainer`: ``Trainer(..., optimizers=(torch.optim.AdamW(dcls_parameter_groups(model, lr=LR)), None))``.
+    """
+    positions = dcls_position_parameter_names(model)
+    activations = _activation_parameter_names(model)
+    skip = set(model.no_weight_decay()) if callable(getattr(model, "no_weight_decay", None)) else set()
+    groups: dict[str, dict] = {
+        "decay": {"params": [], "names": [], "weight_decay": weight_decay},
+        "no_decay": {"params": [], "names": [], "weight_decay": 0.0},
+        "dcls_positions": {"params": [], "names": [], "weight_decay": 0.0, "lr_scale": position_lr_scale},
+    }
+    if lr is not None:
+        groups["decay"]["lr"] = groups["no_decay"]["lr"] = lr
+        groups["dcls_positions"]["lr"] = lr * position_lr_scale
+    for name, p in model.named_parameters():  # each shared tensor once
+        if not p.requires_grad:
+            continue
+        if name in positions:
+            key = "dcls_positions"
+        elif p.ndim <= 1 or name.endswith(".bias") or name in activations or name in skip:
+            key = "no_decay"
+        else:
+            key = "decay"
+        groups[key]["params"].append(p)
+        groups[key]["names"].append(name)
+    return [dict(g, name=k) for k, g in groups.items() if g["params"]]

@@ -8,8 +8,10 @@ the audio models) is its timm base model passed through `dclsify`. Researchers c
     >>> dcls_zoo.dclsify(model, version="gauss", dilated_kernel_size=11, kernel_count=9)
 
 Position tying follows the original code: walking `named_modules()` in order, a replaced layer whose
-`in_channels` exceeds every one seen so far starts a new stage, and every later layer of that stage uses the same
-`P` (and `SIG`) Parameter object. `stage_key` overrides that rule.
+`in_channels` exceeds every one seen so far starts a new stage, and every later layer of that stage uses the first
+layer's `P` (and `SIG`): the first layer owns them, the others follow it (one state-dict key per stage).
+`stage_key` overrides that rule. The model then clamps its stored positions before every forward
+(`enable_position_clamp`), so any training loop follows the papers' clamp.
 """
 from __future__ import annotations
 
@@ -18,11 +20,13 @@ from typing import Callable, Hashable, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from .dcls import Dcls2d, DclsNd
+from .dcls import Dcls2d, DclsNd, enable_position_clamp
+from .sharing import tied_parameter_groups
 
 __all__ = [
     "dclsify", "tie_dcls_positions", "default_stage_groups", "is_depthwise_conv2d", "shared_parameter_groups",
-    "check_shared_copies_equal", "restore_shared_entries", "freeze_dcls",
+    "check_shared_copies_equal", "restore_shared_entries", "fold_shared_entries", "expand_shared_entries",
+    "freeze_dcls",
 ]
 
 ConvFilter = Callable[[str, nn.Conv2d], bool]
@@ -65,12 +69,13 @@ def tie_dcls_positions(
     stage_key: Optional[StageKey] = None,
     check_equal: bool = True,
 ) -> list[list[str]]:
-    """Make the DCLS layers of each group share one `P` (and `SIG`) Parameter; returns the groups (layer names).
+    """Make the DCLS layers of each group share one `P` (and `SIG`); returns the groups (layer names).
 
     `groups` lists layer names explicitly; otherwise `stage_key(name, layer)` or the default stage rule decides.
-    The first layer of a group provides the shared tensor. With `check_equal`, layers whose current positions
-    differ from it raise ValueError instead of being overwritten silently (tying is meant to restore ties that a
-    save/load or a `.to()` broke, not to change values).
+    The first layer of a group owns the shared tensors (they are registered there only) and the others follow it
+    (`DclsNd.follow_positions`), so the state dict holds one P per group, under the first layer's name. With
+    `check_equal`, layers whose current positions differ from the owner's raise ValueError instead of being
+    overwritten silently.
     """
     named = [(n, m) for n, m in model.named_modules() if isinstance(m, DclsNd)]
     layers = dict(named)
@@ -83,7 +88,7 @@ def tie_dcls_positions(
         first = layers[group[0]]
         for name in group[1:]:
             layer = layers[name]
-            for attr in ("P", "SIG"):
+            for attr in DclsNd.tied_position_names:
                 shared, own = getattr(first, attr), getattr(layer, attr)
                 if own is shared:
                     continue
@@ -98,7 +103,7 @@ def tie_dcls_positions(
                         f"cannot tie {attr} of {name!r} to {group[0]!r}: their values differ (pass "
                         f"check_equal=False to take {group[0]!r}'s values)"
                     )
-                setattr(layer, attr, shared)
+            layer.follow_positions(first)
     return [list(g) for g in groups]
 
 
@@ -159,22 +164,26 @@ def dclsify(
         _set_submodule(model, name, layer)
     if tie_positions:
         tie_dcls_positions(model, groups=groups, check_equal=False)
+    enable_position_clamp(model)
     return model
 
 
 def shared_parameter_groups(model: nn.Module) -> list[list[str]]:
-    """Names of parameters that are one object under several names (tied positions, shared kernels)."""
+    """Names under which one tensor is used: `[owner's name, follower names...]` for shared positions and kernels
+    (only the owner's name is in the state dict), plus any Parameter object registered under several names."""
+    groups = tied_parameter_groups(model)
     by_id: dict[int, list[str]] = {}
     for name, p in model.named_parameters(remove_duplicate=False):
         by_id.setdefault(id(p), []).append(name)
-    return [names for names in by_id.values() if len(names) > 1]
+    groups.extend(names for names in by_id.values() if len(names) > 1)
+    return groups
 
 
 def check_shared_copies_equal(state_dict: dict, model: nn.Module) -> None:
     """Raise ValueError if a checkpoint holds different values under names the model ties together.
 
-    A tied model keeps one tensor per group; loading a checkpoint whose copies disagree would silently keep
-    whichever came last.
+    The originals repeat a shared tensor under every layer's name; the model keeps one tensor per group, so copies
+    that disagree cannot be loaded faithfully.
     """
     for names in shared_parameter_groups(model):
         present = [n for n in names if n in state_dict]
@@ -185,22 +194,37 @@ def check_shared_copies_equal(state_dict: dict, model: nn.Module) -> None:
                 )
 
 
-# --- added by the hub helper: loading checkpoints that store a shared tensor once ---------------------------------
+def fold_shared_entries(state_dict: dict, model: nn.Module) -> dict:
+    """A checkpoint in the model's one-key-per-shared-tensor form; returns a new dict.
 
-def restore_shared_entries(state_dict: dict, model: nn.Module) -> dict:
-    """Fill in the names a deduplicated checkpoint left out, from the name it kept; returns a new dict.
-
-    safetensors refuses aliased tensors, so `dcls_zoo.hub` stores each tied tensor (a stage's shared `P`/`SIG`)
-    once, under its first name. A family's `checkpoint_filter_fn` calls this so that timm's own loaders
-    (`local-dir:`, `hf-hub:`, `pretrained_cfg_overlay=dict(file=...)`) get every key the model expects. Names of
-    a group that are all absent stay absent (strict loading then reports them).
+    Accepts every form a shared tensor has been stored in: the originals' (a copy under every layer's name: the
+    copies must agree, then only the owner's key is kept), ours (the owner's key only, as `state_dict()` gives it
+    and older `dcls_zoo.hub` folders store it) and a copy under a follower's name only (moved to the owner's).
+    Names of a group that are all absent stay absent (strict loading then reports them).
     """
+    check_shared_copies_equal(state_dict, model)
     state_dict = dict(state_dict)
-    for names in shared_parameter_groups(model):
-        present = [n for n in names if n in state_dict]
-        if present:
-            for name in names:
-                state_dict.setdefault(name, state_dict[present[0]])
+    for names in tied_parameter_groups(model):
+        owner, followers = names[0], names[1:]
+        present = [n for n in followers if n in state_dict]
+        if owner not in state_dict and present:
+            state_dict[owner] = state_dict[present[0]]
+        for name in present:
+            del state_dict[name]
+    return state_dict
+
+
+# the loaders' name from before shared tensors had one owner
+restore_shared_entries = fold_shared_entries
+
+
+def expand_shared_entries(state_dict: dict, model: nn.Module) -> dict:
+    """The originals' form of a state dict: each shared tensor also under every follower's name (the inverse of
+    `fold_shared_entries`; for exporting to the authors' code, which expects every layer's copy)."""
+    state_dict = dict(state_dict)
+    for owner, *followers in tied_parameter_groups(model):
+        if owner in state_dict:
+            state_dict.update(dict.fromkeys(followers, state_dict[owner]))
     return state_dict
 
 

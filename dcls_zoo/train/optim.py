@@ -1,6 +1,6 @@
 """Optimiser parameter groups with the papers' DCLS rules, and the optimiser/scheduler from timm's factories.
 
-Groups:
+Groups (built by `dcls_zoo.layers.dcls_parameter_groups`):
 - DCLS positions and widths (P, SIG): learning rate x `position_lr_scale` (5 in the DCLS papers), no weight
   decay;
 - no weight decay: 1-D tensors (biases, norms, learnable-activation coefficients), parameters of the zoo's
@@ -15,46 +15,19 @@ from typing import Any
 
 import torch.nn as nn
 
-from ..layers import dcls_position_parameter_names
+from ..layers import dcls_parameter_groups
 from .config import TrainConfig
 
 _logger = logging.getLogger(__name__)
-
-ACTIVATION_MODULE_PREFIX = "dcls_zoo.layers.activations"
-
-
-def activation_parameter_names(model: nn.Module) -> set[str]:
-    """Names of parameters owned by the zoo's learnable activation modules (Hermite, Fourier, Tropical)."""
-    ids = {id(p) for m in model.modules() if type(m).__module__.startswith(ACTIVATION_MODULE_PREFIX)
-           for p in m.parameters(recurse=False)}
-    return {name for name, p in model.named_parameters() if id(p) in ids}
 
 
 def parameter_groups(model: nn.Module, weight_decay: float, position_lr_scale: float = 5.0) -> list[dict[str, Any]]:
     """Three optimiser groups (decay, no_decay, dcls_positions); empty groups are left out.
 
-    Each group has a `name` and the list of parameter `names` for logging and tests.
+    `dcls_zoo.layers.dcls_parameter_groups` builds them (the same groups users pass to timm's or HF's optimizers);
+    each has a `name` and the list of parameter `names` for logging and tests.
     """
-    positions = dcls_position_parameter_names(model)
-    activations = activation_parameter_names(model)
-    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
-    groups: dict[str, dict[str, Any]] = {
-        "decay": {"params": [], "names": [], "weight_decay": weight_decay},
-        "no_decay": {"params": [], "names": [], "weight_decay": 0.0},
-        "dcls_positions": {"params": [], "names": [], "weight_decay": 0.0, "lr_scale": position_lr_scale},
-    }
-    for name, p in model.named_parameters():  # shared (tied) tensors appear once
-        if not p.requires_grad:
-            continue
-        if name in positions:
-            key = "dcls_positions"
-        elif p.ndim <= 1 or name.endswith(".bias") or name in activations or name in skip:
-            key = "no_decay"
-        else:
-            key = "decay"
-        groups[key]["params"].append(p)
-        groups[key]["names"].append(name)
-    out = [dict(g, name=k) for k, g in groups.items() if g["params"]]
+    out = dcls_parameter_groups(model, weight_decay=weight_decay, position_lr_scale=position_lr_scale)
     for g in out:
         _logger.info("optimizer group %s: %d tensors, weight decay %g, lr scale %g", g["name"], len(g["params"]),
                      g["weight_decay"], g.get("lr_scale", 1.0))
