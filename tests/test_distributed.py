@@ -371,6 +371,20 @@ def test_fsdp2_units_keep_shared_positions_in_one_unit():
     assert unit_names(same_width) == ["stages"]
 
 
+def test_per_block_units_that_split_shared_positions_are_refused_in_one_line():
+    from dcls_zoo.train.distributed import apply_fsdp2, check_fsdp2_units, fsdp2_units
+
+    model = _tiny_model()
+    check_fsdp2_units(model, fsdp2_units(model))
+    per_block = [block for stage in model.stages for block in stage.blocks]
+    message = ("FSDP2 unit 'stages.0.blocks.0' holds 'stages.0.blocks.0.conv_dw' but not 'stages.0.blocks.1.conv_dw', "
+               "which uses the same tensor (shared DCLS positions or a tied kernel); make the unit "
+               "'stages.0.blocks' or use fsdp2_units(model)")
+    with pytest.raises(ValueError) as err:
+        apply_fsdp2(model, units=per_block)  # refused before any process group is needed
+    assert str(err.value) == message
+
+
 def test_fsdp2_units_of_the_lm_are_its_blocks():
     from dcls_zoo.lm import OrthoGPT2Config, OrthoGPT2LMHeadModel
     from dcls_zoo.train.distributed import fsdp2_units

@@ -34,8 +34,8 @@ from ..layers import DclsNd, clamp_dcls_parameters
 _logger = logging.getLogger(__name__)
 
 __all__ = [
-    "fsdp2_units", "apply_fsdp2", "is_fsdp2_model", "gather_full_state_dict", "load_full_state_dict",
-    "clamp_dcls_positions", "deepspeed_config", "requested_engine", "check_engine_supported",
+    "fsdp2_units", "check_fsdp2_units", "apply_fsdp2", "is_fsdp2_model", "gather_full_state_dict",
+    "load_full_state_dict", "clamp_dcls_positions", "deepspeed_config", "requested_engine", "check_engine_supported",
     "select_engine", "Fsdp2ModelState", "Fsdp2OptimizerState",
 ]
 
@@ -130,8 +130,29 @@ def is_fsdp2_model(model: nn.Module) -> bool:
     return isinstance(model, FSDPModule)
 
 
-def apply_fsdp2(model: nn.Module, mesh: Any = None, **fully_shard_kwargs: Any) -> nn.Module:
-    """Shard `model` in place with FSDP2: `fully_shard` on each of `fsdp2_units(model)`, then on the model.
+def check_fsdp2_units(model: nn.Module, units: Iterable[nn.Module]) -> None:
+    """Raise ValueError (one line) if `units` would split the users of a shared tensor between FSDP2 units (what
+    per-block or size-based wrapping does to DCLS positions shared by a stage)."""
+    names = {id(m): name for name, m in model.named_modules()}
+    unit_names = []
+    for unit in units:
+        if id(unit) not in names:
+            raise ValueError(f"check_fsdp2_units: a {type(unit).__name__} given as a unit is not part of the model")
+        unit_names.append(names[id(unit)])
+    for users in _users_of_shared_tensors(model):
+        for unit in unit_names:
+            inside = [u for u in users if _inside(u, unit)]
+            if unit and inside and len(inside) < len(users):
+                outside = [u for u in users if u not in inside]
+                raise ValueError(f"FSDP2 unit {unit!r} holds {inside[0]!r} but not {outside[0]!r}, which uses the same "
+                                 f"tensor (shared DCLS positions or a tied kernel); make the unit "
+                                 f"{_common_prefix(users) or 'the model'!r} or use fsdp2_units(model)")
+
+
+def apply_fsdp2(model: nn.Module, mesh: Any = None, units: Optional[Iterable[nn.Module]] = None,
+                **fully_shard_kwargs: Any) -> nn.Module:
+    """Shard `model` in place with FSDP2: `fully_shard` on each unit (default `fsdp2_units(model)`; given `units`
+    are checked with `check_fsdp2_units` and must be innermost first), then on the model.
 
     `mesh` defaults to a 1-D mesh over all processes on the current device type (cuda if available, else cpu);
     the process group must be initialised (torchrun / accelerate launch). Extra keyword arguments (e.g.
@@ -141,6 +162,8 @@ def apply_fsdp2(model: nn.Module, mesh: Any = None, **fully_shard_kwargs: Any) -
     import torch.distributed as dist
     from torch.distributed.fsdp import fully_shard
 
+    units = fsdp2_units(model) if units is None else list(units)
+    check_fsdp2_units(model, units)
     if not dist.is_available() or not dist.is_initialized():
         raise RuntimeError("apply_fsdp2 needs an initialised process group: launch with torchrun or "
                            "accelerate launch (or call torch.distributed.init_process_group first)")
@@ -149,7 +172,7 @@ def apply_fsdp2(model: nn.Module, mesh: Any = None, **fully_shard_kwargs: Any) -
 
         device_type = "cuda" if torch.cuda.is_available() else "cpu"
         mesh = init_device_mesh(device_type, (dist.get_world_size(),))
-    for unit in fsdp2_units(model):
+    for unit in units:
         fully_shard(unit, mesh=mesh, **fully_shard_kwargs)
     fully_shard(model, mesh=mesh, **fully_shard_kwargs)
     return model
