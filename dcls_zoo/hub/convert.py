@@ -87,10 +87,9 @@ def fixed_input(shape: tuple[int, ...], seed: int = 0, dtype: torch.dtype = torc
 
 
 def _shared_count(model: nn.Module) -> int:
-    counts: dict[int, int] = {}
-    for _, p in model.named_parameters(remove_duplicate=False):
-        counts[id(p)] = counts.get(id(p), 0) + 1
-    return sum(1 for c in counts.values() if c > 1)
+    from ..layers.replace import shared_parameter_groups
+
+    return len(shared_parameter_groups(model))
 
 
 @torch.no_grad()

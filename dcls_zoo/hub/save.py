@@ -212,6 +212,20 @@ def _timm_architecture(model: nn.Module) -> str:
     return arch
 
 
+def _keep_num_classes_at_the_root(config_path: Path) -> None:
+    # timm records the factory's num_classes in model_args too; transformers' TimmWrapper passes num_classes itself
+    # (from the root value) next to model_args, which then fails with "got multiple values for keyword argument
+    # 'num_classes'". timm's own loaders read the root value, so model_args need not repeat it.
+    config = json.loads(config_path.read_text())
+    model_args = config.get("model_args")
+    if isinstance(model_args, dict) and "num_classes" in model_args:
+        num_classes = model_args.pop("num_classes")
+        if config.get("num_classes", num_classes) != num_classes:
+            raise ValueError(f"{config_path}: num_classes {config.get('num_classes')} and model_args.num_classes "
+                             f"{num_classes} disagree")
+        config_path.write_text(json.dumps(config, indent=2))
+
+
 def save_folder(
     model: nn.Module,
     folder: PathLike,
@@ -247,6 +261,7 @@ def save_folder(
         arch = _timm_architecture(model)
         save_config_for_hf(model, str(folder / CONFIG_NAME), model_config=model_config, model_args=model_args,
                            data_config=data_config)
+        _keep_num_classes_at_the_root(folder / CONFIG_NAME)
         save_state_dict(model.state_dict(), folder / WEIGHTS_NAME, metadata={ARCHITECTURE_METADATA_KEY: arch})
         tag = (getattr(model, "pretrained_cfg", None) or {}).get("tag")
         name = model_name or (f"{arch}.{tag}" if tag else arch)
@@ -265,17 +280,17 @@ def load_weights(model: nn.Module, source: PathLike) -> nn.Module:
     Keys and shapes must match the model (ValueError naming the differences otherwise); copies of a shared tensor
     must agree; recorded ties are restored on the model.
     """
-    from dcls_zoo.layers.replace import check_shared_copies_equal
+    from dcls_zoo.layers.replace import fold_shared_entries
 
     path = Path(source)
     if path.is_dir():
         path = path / WEIGHTS_NAME
     if not path.is_file():
         raise FileNotFoundError(f"no weights at {path}")
-    state_dict = load_state_dict_file(path)
+    # older folders list followers of a shared tensor as aliases: their copies must agree, then one key is kept
+    state_dict = fold_shared_entries(load_state_dict_file(path), model)
     saved_from = _read_metadata(path).get(ARCHITECTURE_METADATA_KEY)
     check_state_dict_fits(state_dict, model, source=f"{path} (saved from {saved_from})" if saved_from else str(path))
-    check_shared_copies_equal(state_dict, model)
     model.load_state_dict(state_dict, strict=True)
     apply_tie_map(model, _tie_map_of(path))
     return model

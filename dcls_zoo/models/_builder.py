@@ -1,11 +1,11 @@
 """Shared model-building helpers for the families in this package (not a family itself).
 
-Tied parameters: models that share one Parameter between layers (per-stage DCLS positions, shared kernels) have
-checkpoints in two forms — the originals repeat the shared tensor under every layer's name, our safetensors
-folders store it once. Families decorate their `checkpoint_filter_fn` with `tied_checkpoint_filter` (and
-`build_dcls_model` applies it to any filter that lacks it) so that both load: names stored once are filled in
-from the one kept, and repeated copies must agree (loading them into one tensor would otherwise keep whichever
-came last, silently).
+Tied parameters: in models that share a tensor between layers (per-stage DCLS positions, shared kernels) the
+first layer owns it and the others follow (one state-dict key per shared tensor). The originals' checkpoints repeat
+the shared tensor under every layer's name. Families decorate their `checkpoint_filter_fn` with
+`tied_checkpoint_filter` (and `build_dcls_model` applies it to any filter that lacks it) so that both forms load:
+repeated copies must agree (loading them into one tensor would otherwise keep whichever came last, silently), then
+the followers' keys are dropped.
 
 timm fetches `url` checkpoints with `torch.hub.load_state_dict_from_url(weights_only=True)`, which rejects the
 authors' training checkpoints (they pickle an `argparse.Namespace` next to the weights) and ignores container
@@ -26,9 +26,9 @@ from timm.models._hub import download_cached_file
 from timm.models._pretrained import PretrainedCfg
 from timm.models._registry import get_pretrained_cfg
 
-from ..layers.replace import check_shared_copies_equal, restore_shared_entries
+from ..layers.replace import expand_shared_entries, fold_shared_entries
 
-__all__ = ["build_dcls_model", "tied_checkpoint_filter", "unwrap_checkpoint"]
+__all__ = ["build_dcls_model", "tied_checkpoint_filter", "unwrap_checkpoint", "with_every_shared_copy"]
 
 _logger = logging.getLogger(__name__)
 
@@ -65,19 +65,37 @@ def _warn_if_head_replaced(state_dict: dict, model: nn.Module) -> None:
 
 def tied_checkpoint_filter(filter_fn: Optional[Callable] = None) -> Callable:
     """Decorate a family's `checkpoint_filter_fn(state_dict, model)` so that it also handles tied parameters
-    (names stored once are filled in; repeated copies must agree) and announces a replaced classifier."""
+    (repeated copies must agree, then only the owner's key is kept) and announces a replaced classifier."""
 
     @functools.wraps(filter_fn or (lambda state_dict, model: state_dict))
     def tied_filter(state_dict: dict, model: nn.Module) -> dict:
         if filter_fn is not None:
             state_dict = filter_fn(state_dict, model)
-        state_dict = restore_shared_entries(state_dict, model)
-        check_shared_copies_equal(state_dict, model)
+        state_dict = fold_shared_entries(state_dict, model)
         _warn_if_head_replaced(state_dict, model)
         return state_dict
 
     tied_filter.handles_tied_entries = True
     return tied_filter
+
+
+class _EveryCopyView:
+    """`model` as timm's checkpoint filters see it, whose `state_dict()` lists a shared tensor under every layer's
+    name (the originals' layout), so filters that look each original key up in it find the followers' too."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self._model = model
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict:
+        return expand_shared_entries(self._model.state_dict(*args, **kwargs), self._model)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+
+def with_every_shared_copy(model: nn.Module) -> Any:
+    """A view of `model` for timm's own `checkpoint_filter_fn`s (see `_EveryCopyView`)."""
+    return _EveryCopyView(model)
 
 
 def _with_url_as_file(variant: str, kwargs: dict[str, Any]) -> dict[str, Any]:

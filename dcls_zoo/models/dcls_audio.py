@@ -45,7 +45,7 @@ from timm.models import metaformer as timm_metaformer
 from ..data.audioset_labels import AUDIOSET_LABELS
 from ..layers import DclsModelMixin, dclsify
 from ..layers.audio import DCLS_AUDIO_FRONTEND, LogMelFrontend
-from ._builder import build_dcls_model, tied_checkpoint_filter, unwrap_checkpoint
+from ._builder import build_dcls_model, tied_checkpoint_filter, unwrap_checkpoint, with_every_shared_copy
 
 __all__ = ["ConvNeXtAudio", "MetaFormerAudio", "FastVitAudio", "AUDIO_STEM_KERNEL"]
 
@@ -274,7 +274,7 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
         if "stem.weight" not in state_dict:   # ours has the plain-conv stem at 'stem'
             state_dict = timm_fastvit.checkpoint_filter_fn(state_dict, model)
     elif isinstance(model, MetaFormerAudio):
-        state_dict = timm_metaformer.checkpoint_filter_fn(state_dict, model)
+        state_dict = timm_metaformer.checkpoint_filter_fn(state_dict, with_every_shared_copy(model))
     elif isinstance(model, ConvNeXtAudio):
         state_dict = timm_convnext.checkpoint_filter_fn(state_dict, model)
     else:

@@ -24,7 +24,7 @@ from timm.models import metaformer as timm_metaformer
 from timm.models.metaformer import MetaFormer, MlpHead
 
 from ..layers import DclsModelMixin, dclsify
-from ._builder import build_dcls_model, tied_checkpoint_filter, unwrap_checkpoint
+from ._builder import build_dcls_model, tied_checkpoint_filter, unwrap_checkpoint, with_every_shared_copy
 
 __all__ = ["DclsMetaFormer", "checkpoint_filter_fn"]
 
@@ -94,7 +94,7 @@ def checkpoint_filter_fn(state_dict: dict[str, Any], model: DclsMetaFormer) -> d
     state_dict = unwrap_checkpoint(state_dict)
     if "stem.conv.weight" not in state_dict:
         try:
-            state_dict = timm_metaformer.checkpoint_filter_fn(state_dict, model)
+            state_dict = timm_metaformer.checkpoint_filter_fn(state_dict, with_every_shared_copy(model))
         except KeyError as e:
             raise ValueError(
                 f"checkpoint key maps to {e.args[0]!r}, which {type(model).__name__} does not have; expected a "

@@ -44,7 +44,7 @@ from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch.utils.checkpoint import checkpoint
 
-from ..layers.dcls import Dcls1d, DclsModelMixin, clamp_dcls_parameters
+from ..layers.dcls import Dcls1d, DclsModelMixin, clamp_dcls_parameters, enable_position_clamp
 from ..layers.spiking import LIFNeuron, TimeSharedDropout
 from ._builder import build_dcls_model, tied_checkpoint_filter
 
@@ -244,6 +244,7 @@ class SnnDelays(DclsModelMixin, nn.Module):
         self.init_weights()
         if rounded_delays:
             convert_delays_for_inference(self)
+        enable_position_clamp(self)   # delays clamped before every forward: any training loop follows the paper
 
     def _make_head(self, num_classes: int, device=None, dtype=None) -> nn.Module:
         if num_classes <= 0:
