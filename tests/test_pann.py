@@ -4,8 +4,11 @@ contract and bad input."""
 import csv
 import importlib
 import logging
+import os
 import sys
+import zipfile
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -247,3 +250,60 @@ def test_spec_augment_and_dropout_only_in_training():
     model.train()
     model(wave).sum().backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+def _small_cnn6():
+    torch.manual_seed(0)
+    return timm.create_model("pann_cnn6", widths=(8, 16), embed_dim=8).eval()
+
+
+def _sampler_state():
+    """What PANNs' training loop saves next to the weights (`train_sampler.state_dict()`): NumPy arrays."""
+    return {"indexes_per_class": [np.arange(5, dtype=np.int64), np.arange(3, dtype=np.int64)], "queue": [4, 1],
+            "pointers_of_classes": [np.int64(2), np.int64(0)], "random_state": np.random.RandomState(0).get_state()}
+
+
+def _as_numpy1_pickle(path):
+    """Rewrite a torch zip checkpoint as NumPy 1.x pickled it (`numpy.core.multiarray`, as the released files)."""
+    with zipfile.ZipFile(path) as zf:
+        entries = {name: zf.read(name) for name in zf.namelist()}
+    pkl = next(name for name in entries if name.endswith("/data.pkl"))
+    assert b"numpy._core.multiarray" in entries[pkl]
+    entries[pkl] = entries[pkl].replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+
+
+@pytest.mark.parametrize("numpy_pickle", ["numpy2", "numpy1"])
+def test_training_container_with_numpy_sampler_state_loads(numpy_pickle, tmp_path):
+    source = _small_cnn6()
+    path = tmp_path / "Cnn6_mAP=0.343.pth"
+    torch.save({"iteration": 540000, "model": _original_layout(source), "sampler": _sampler_state()}, path)
+    if numpy_pickle == "numpy1":
+        _as_numpy1_pickle(path)
+    with pytest.raises(Exception, match="Weights only load failed"):  # what a plain weights_only load says
+        torch.load(path, weights_only=True)
+    model = timm.create_model("pann_cnn6", widths=(8, 16), embed_dim=8, pretrained=True,
+                              pretrained_cfg_overlay=dict(file=str(path))).eval()
+    wave = 0.3 * torch.randn(1, SR)
+    with torch.no_grad():
+        torch.testing.assert_close(model(wave), source(wave), rtol=0, atol=0)
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
+def test_a_container_that_would_run_code_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "Cnn6_mAP=0.343.pth"
+    torch.save({"model": _original_layout(_small_cnn6()), "sampler": _RunsCode(str(marker))}, path)
+    with pytest.raises(Exception, match=r"Cnn6_mAP=0.343.pth"):
+        timm.create_model("pann_cnn6", widths=(8, 16), embed_dim=8, pretrained=True,
+                          pretrained_cfg_overlay=dict(file=str(path)))
+    assert not marker.exists()

@@ -32,6 +32,7 @@ mel keys, `bn0`, `conv_block*`, `fc1`, `fc_audioset`) loads through `pretrained=
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
@@ -389,14 +390,37 @@ def checkpoint_filter_fn(state_dict: dict, model: PANN) -> dict:
     return out
 
 
+def _numpy_array_globals() -> list:
+    """What `torch.load(weights_only=True)` must accept to read PANNs' training containers: besides 'model' they
+    hold the sampler state (NumPy integer arrays). Array reconstruction only: no code can run from these. Both
+    spellings of the reconstructor, as pickled under NumPy 1.x (`numpy.core`) and 2.x (`numpy._core`)."""
+    import numpy as np
+
+    try:
+        from numpy._core.multiarray import _reconstruct, scalar
+    except ImportError:  # NumPy 1.x
+        from numpy.core.multiarray import _reconstruct, scalar
+    allowed: list = [np.ndarray, np.dtype, (np.dtype, "numpy.dtype")]
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        allowed += [(_reconstruct, f"{module}._reconstruct"), (scalar, f"{module}.scalar")]
+    dtypes = getattr(np, "dtypes", None)  # NumPy >= 1.25 pickles the concrete dtype classes too
+    if dtypes is not None:
+        allowed += [getattr(dtypes, f"{kind}DType") for kind in (
+            "Bool", "Int8", "Int16", "Int32", "Int64", "UInt8", "UInt16", "UInt32", "UInt64", "Float32", "Float64")]
+    return allowed
+
+
 def _create_pann(variant: str, pretrained: bool = False, **kwargs: Any) -> PANN:
-    return build_dcls_model(
-        PANN, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        # 'getter' features run forward_intermediates, i.e. through the front-end (waveform in).
-        feature_cfg=dict(out_indices=tuple(range(len(kwargs.get("widths", ())))) or None, feature_cls="getter"),
-        **kwargs,
-    )
+    # PANNs checkpoints are training containers with NumPy sampler state next to the weights (see above).
+    context = torch.serialization.safe_globals(_numpy_array_globals()) if pretrained else contextlib.nullcontext()
+    with context:
+        return build_dcls_model(
+            PANN, variant, pretrained,
+            pretrained_filter_fn=checkpoint_filter_fn,
+            # 'getter' features run forward_intermediates, i.e. through the front-end (waveform in).
+            feature_cfg=dict(out_indices=tuple(range(len(kwargs.get("widths", ())))) or None, feature_cls="getter"),
+            **kwargs,
+        )
 
 
 def _cfg(pool_size: tuple[int, int], min_samples: int, **kwargs: Any) -> dict[str, Any]:
