@@ -9,6 +9,7 @@ import errno
 import json
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -239,6 +240,13 @@ def test_pruning_touches_only_this_runs_checkpoints(tmp_path, image_data, traine
     trainer.train()
     assert sorted(os.listdir(trainer.checkpoint_dir)) == ["step_00000003", "step_00000099"]
     assert sorted(os.listdir(older)) == CHECKPOINT_FILES
+    # nor is one of the same step number replaced
+    trainer = Trainer(tiny_image_config(tmp_path / "two", image_data, max_steps=4, save_every=4))
+    same_step = os.path.join(trainer.checkpoint_dir, "step_00000004")
+    shutil.copytree(_last_checkpoint(trained_run), same_step)
+    with pytest.raises(ValueError, match=f"^{re.escape(same_step)} holds a checkpoint of another run; it is not"):
+        trainer.train()
+    assert sorted(os.listdir(same_step)) == CHECKPOINT_FILES
 
 
 def test_keep_checkpoints_zero_writes_none(tmp_path, image_data):

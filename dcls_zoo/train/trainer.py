@@ -348,6 +348,9 @@ class Trainer:
             return None
         final = os.path.join(self.checkpoint_dir, f"{CHECKPOINT_PREFIX}{self.global_step:08d}")
         tmp = os.path.join(self.checkpoint_dir, f".tmp-{CHECKPOINT_PREFIX}{self.global_step:08d}")
+        if os.path.lexists(final) and self._run_of(final) != self.run_id:  # every process sees it: all stop
+            raise ValueError(f"{final} holds a checkpoint of another run; it is not replaced: move it away and "
+                             "resume with --resume")
         # the generator states as they are now, before anything below could draw from them
         rng = ckpt.rng_states()
         model_state = self._model_state_dict()
