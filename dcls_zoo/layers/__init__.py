@@ -8,6 +8,7 @@ from .dcls import (  # noqa: F401
     DCLS_VERSIONS, Dcls1d, Dcls2d, Dcls3d, DclsModelMixin, DclsNd, clamp_dcls_parameters, construct_dcls_kernel,
     dcls_parameter_groups, dcls_position_parameter_names, enable_position_clamp,
 )
+from .dcls_conv import choose_weight_grad_path, dcls_conv, dcls_conv_paths  # noqa: F401
 from .dcls_partial import Dcls2dK1d, Dcls3_1d  # noqa: F401
 from .metrics import average_precision_per_class, mean_average_precision  # noqa: F401
 from .replace import (  # noqa: F401
