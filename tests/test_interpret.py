@@ -23,7 +23,7 @@ from timm.models.resnet import BasicBlock, ResNet
 
 from dcls_zoo.cli import main
 from dcls_zoo.interpret import alignment_score, grad_cam
-from dcls_zoo.interpret.clickme import ClickMe, parse_example, read_tfrecord
+from dcls_zoo.interpret.clickme import ClickMe, crc32c, parse_example, read_tfrecord
 from dcls_zoo.interpret.gradcam import default_target_layer
 from dcls_zoo.models.kernel_sharing import SEResNetCifar
 
@@ -334,8 +334,15 @@ def _reference_heatmap(heat: np.ndarray) -> np.ndarray:
     return _tf_bilinear(blurred, 224)
 
 
+def test_crc32c_equals_the_bitwise_definition():
+    assert _crc32c_bitwise(b"123456789") == 0xE3069283  # the CRC-32C check value: the oracle is right
+    rng = np.random.default_rng(0)
+    for n in (0, 1, 63, 64, 65, 127, 128, 129, 1000, 4097):
+        data = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
+        assert crc32c(data) == _crc32c_bitwise(data), n
+
+
 def test_tfrecord_reader_on_records_written_by_hand(tmp_path):
-    assert _crc32c_bitwise(b"123456789") == 0xE3069283  # the CRC-32C check value: our oracle is right
     path = tmp_path / "val-0.tfrecords"
     arrays = _write_clickme(path, seeds=[0, 1], labels=[3, 999])
     data = ClickMe(path)
@@ -352,6 +359,24 @@ def test_tfrecord_reader_on_records_written_by_hand(tmp_path):
     example = _example({"a": -5, "b": (1, -2, 3), "c": 1.5, "d": b"xyz"}) + _varint(2 << 3 | 0) + _varint(7)
     assert parse_example(example) == {"a": [-5], "b": [1, -2, 3], "c": [1.5], "d": [b"xyz"]}
     assert list(read_tfrecord(path))[1] == _example({"image": arrays[1][0], "heatmap": arrays[1][1], "label": 999})
+
+
+def test_clickme_reads_a_datasets_folder(tmp_path):
+    import datasets
+
+    image, heat = _clickme_arrays(2)
+    features = datasets.Features(image=datasets.Image(), heatmap=datasets.Image(), label=datasets.Value("int64"))
+    ds = datasets.Dataset.from_dict(
+        {"image": [Image.fromarray(image)], "heatmap": [Image.fromarray(heat)], "label": [42]}, features=features)
+    ds.save_to_disk(str(tmp_path / "clickme_hf"))
+    data = ClickMe(tmp_path / "clickme_hf")
+    got_image, got_heat, label = data[0]
+    assert len(data) == 1 and label == 42
+    np.testing.assert_allclose(got_image.permute(1, 2, 0).numpy(), _tf_bilinear(image, 224), atol=1e-3)
+    np.testing.assert_allclose(got_heat.numpy(), _reference_heatmap(heat.astype(np.float64)), atol=1e-3)
+    ds.remove_columns("heatmap").save_to_disk(str(tmp_path / "no_heatmap"))
+    with pytest.raises(ValueError, match=r"needs the columns image, heatmap, label; missing \['heatmap'\]"):
+        ClickMe(tmp_path / "no_heatmap")
 
 
 def test_tfrecord_reader_rejects_corrupt_files(tmp_path):

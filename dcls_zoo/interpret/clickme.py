@@ -17,12 +17,14 @@ JPEGs are decoded by Pillow; TensorFlow's decoder may round a few pixels differe
 """
 from __future__ import annotations
 
+import functools
 import io
 import math
 import struct
 from pathlib import Path
 from typing import Iterator, Sequence, Union
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -52,11 +54,43 @@ def _crc32c_table() -> list[int]:
 _CRC_TABLE = _crc32c_table()
 
 
+_CHUNK = 64  # bytes per lane of the vectorised CRC
+
+
+@functools.lru_cache(maxsize=None)
+def _zeros_operator(nbytes: int) -> tuple[list[int], ...]:
+    """The CRC register after `nbytes` zero bytes, as 4 byte-lane tables: it is linear in the register (GF(2))."""
+    table = np.array(_CRC_TABLE, dtype=np.uint32)
+    regs = (np.arange(256, dtype=np.uint32)[None, :] << (8 * np.arange(4, dtype=np.uint32)[:, None])).ravel()
+    for _ in range(nbytes):
+        regs = table[regs & 0xFF] ^ (regs >> 8)
+    return tuple(regs.reshape(4, 256).tolist())
+
+
 def crc32c(data: bytes) -> int:
-    """CRC-32C (Castagnoli) of `data`, as TFRecord uses."""
-    crc = 0xFFFFFFFF
+    """CRC-32C (Castagnoli) of `data`, as TFRecord uses.
+
+    Pure Python byte loops run at ~1 MB/s, too slow for the ClickMe shards; here the data is cut into 64-byte
+    lanes processed side by side with numpy, and the lane registers are folded together with the (linear)
+    "64 zero bytes" operator, which gives the same CRC at tens of MB/s.
+    """
     table = _CRC_TABLE
-    for byte in data:
+    crc = 0xFFFFFFFF
+    lanes = len(data) // _CHUNK
+    done = 0
+    if lanes >= 2:
+        block = np.frombuffer(data, dtype=np.uint8, count=lanes * _CHUNK).reshape(lanes, _CHUNK)
+        np_table = np.array(table, dtype=np.uint32)
+        regs = np.zeros(lanes, dtype=np.uint32)
+        regs[0] = crc
+        for col in range(_CHUNK):
+            regs = np_table[(regs ^ block[:, col]) & 0xFF] ^ (regs >> 8)
+        o0, o1, o2, o3 = _zeros_operator(_CHUNK)
+        crc = 0
+        for r in regs.tolist():
+            crc = o0[crc & 0xFF] ^ o1[(crc >> 8) & 0xFF] ^ o2[(crc >> 16) & 0xFF] ^ o3[crc >> 24] ^ r
+        done = lanes * _CHUNK
+    for byte in data[done:]:
         crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
     return crc ^ 0xFFFFFFFF
 
@@ -273,7 +307,6 @@ def preprocess_clickme(image: torch.Tensor, heatmap: torch.Tensor) -> tuple[torc
 
 
 def _decode_jpeg(data: bytes, mode: str, where: str) -> torch.Tensor:
-    import numpy as np
     from PIL import Image
 
     try:
@@ -380,8 +413,6 @@ def _load_hf_folder(path: Path):
 
 
 def _hf_item(row: dict, where: str) -> tuple[torch.Tensor, torch.Tensor, int]:
-    import numpy as np
-
     image = np.asarray(row["image"].convert("RGB") if hasattr(row["image"], "convert") else row["image"])
     heat = row["heatmap"]
     heat = np.asarray(heat.convert("F") if hasattr(heat, "convert") else heat, dtype=np.float32)
