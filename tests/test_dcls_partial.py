@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dcls_zoo.layers import (
-    Dcls2d, Dcls2dK1d, Dcls3_1d, LIFNeuron, clamp_dcls_parameters, dcls_position_parameter_names,
+    Dcls2d, Dcls2dK1d, Dcls3_1d, LIFNeuron, clamp_dcls_parameters, dcls_position_parameter_names, freeze_dcls,
 )
 
 logging.getLogger().setLevel(logging.ERROR)  # the oracle logs implicit-GEMM warnings on every construction
@@ -161,6 +161,10 @@ def test_to_conv_cache_pickle_clamp_and_position_names(cls):
     with torch.no_grad():
         torch.testing.assert_close(again(x), layer(x))
     assert copy.deepcopy(layer)._cached_kernel is None
+    frozen = freeze_dcls(nn.Sequential(copy.deepcopy(layer)))  # the export path: a plain convolution
+    assert type(frozen[0]) is type(conv)
+    with torch.no_grad():
+        torch.testing.assert_close(frozen(x), layer(x), rtol=1e-6, atol=1e-7)
     model = nn.Sequential(layer, Dcls2d(6, 6, 2, dilated_kernel_size=5, version="v1"))
     with torch.no_grad():
         layer.P.uniform_(-9, 9)
