@@ -371,6 +371,35 @@ def test_fsdp2_units_keep_shared_positions_in_one_unit():
     assert unit_names(same_width) == ["stages"]
 
 
+STAGES = [f"stages.{i}" for i in range(4)]
+FAMILY_UNITS = {  # one model per zoo family (and the kernel-sharing variants): its FSDP2 units
+    "dcls_convnext_atto": STAGES, "dcls_gauss_convformer_s18": STAGES, "dcls_caformer_s18": STAGES,
+    "dcls_fastvit_sa24": STAGES, "dcls_resnet50": ["layer1", "layer2", "layer3", "layer4"],
+    "dcls_convnext_audio_tiny": STAGES, "dcls_convformer_audio_s18": STAGES, "dcls_fastvit_audio_sa24": STAGES,
+    "convnext_audioset_tiny": STAGES, "hermite_convnext_tiny": STAGES, "snn_delays_shd": ["blocks.0", "blocks.1"],
+    "pann_cnn14": [f"blocks.{i}" for i in range(6)],
+    "shared_se_resnet_cifar_d2": ["layer1", "layer2", "layer3"],
+    "shared_convmixer_256_16_cifar": ["blocks"],  # its kernels are shared across all blocks
+}
+
+
+@pytest.mark.parametrize("name", sorted(FAMILY_UNITS))
+def test_fsdp2_units_of_every_family_hold_their_shared_tensors(name):
+    import timm
+
+    import dcls_zoo  # noqa: F401
+    from dcls_zoo.train.distributed import _users_of_shared_tensors, check_fsdp2_units, fsdp2_units
+
+    with torch.device("meta"):  # structure only: no memory, no initialisation cost
+        model = timm.create_model(name)
+    units = fsdp2_units(model)
+    check_fsdp2_units(model, units)
+    names = {id(m): n for n, m in model.named_modules()}
+    assert sorted(names[id(u)] for u in units) == FAMILY_UNITS[name]
+    if name.startswith(("dcls_", "shared_")):
+        assert _users_of_shared_tensors(model), "the family shares tensors: the test must see them"
+
+
 def test_per_block_units_that_split_shared_positions_are_refused_in_one_line():
     from dcls_zoo.train.distributed import apply_fsdp2, check_fsdp2_units, fsdp2_units
 
