@@ -237,13 +237,38 @@ def test_clamp_and_position_names():
         (dict(groups=4), "divisible by groups"),
         (dict(version="v2"), "version must be one of"),
         (dict(padding_mode="mirror"), "padding_mode"),
+        (dict(dilated_kernel_size=7.5), r"^dilated_kernel_size must be an int or a sequence of 2 ints, got 7\.5$"),
+        (dict(dilated_kernel_size=(7, 7.0)), "dilated_kernel_size must be an int or a sequence of 2 ints"),
+        (dict(dilated_kernel_size=8), r"^Dcls2d: dilated_kernel_size must be odd along every axis .* got \(8, 8\); "
+                                      r"use \(9, 9\)$"),
+        (dict(dilated_kernel_size=(7, 4)), r"odd along every axis .* use \(7, 5\)$"),
+        (dict(kernel_count=True), r"^Dcls2d: kernel_count must be an int >= 1, got True$"),
+        (dict(groups=True), "groups must be an int"),
+        (dict(stride=1.5), "stride must be an int"),
     ],
 )
 def test_bad_arguments_raise(kwargs, match):
     args = dict(in_channels=6, out_channels=6, kernel_count=3, dilated_kernel_size=5)
     args.update(kwargs)
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ValueError, match=match) as info:
         Dcls2d(**args)
+    assert "\n" not in str(info.value)   # one line
+
+
+def test_even_sizes_are_refused_in_every_dimension_and_every_original_size_is_odd():
+    # dcls 0.1.1 accepts even sizes, but the grid is centred at size // 2 (half a pixel off) and the usual padding
+    # size // 2 grows the output by one per axis; every released model (17, 23, 7, the SNN delays 25 / 31) is odd.
+    for cls, size in ((Dcls1d, 6), (Dcls3d, (3, 3, 4))):
+        with pytest.raises(ValueError, match="must be odd"):
+            cls(2, 2, kernel_count=2, dilated_kernel_size=size)
+
+
+def test_an_input_smaller_than_the_layer_takes_says_the_minimum_size():
+    layer = Dcls2d(3, 3, kernel_count=2, dilated_kernel_size=(9, 7), padding=(1, 0), groups=3)
+    with pytest.raises(ValueError, match=r"^Dcls2d with dilated_kernel_size \(9, 7\) and padding \(1, 0\) needs a "
+                                         r"spatial input of at least 7x7, got 6x12 \(input shape \(2, 3, 6, 12\)\)$"):
+        layer(torch.randn(2, 3, 6, 12))
+    assert layer(torch.randn(2, 3, 7, 7)).shape == (2, 3, 1, 1)
 
 
 def test_wrong_input_rank_raises():
