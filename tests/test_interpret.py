@@ -25,6 +25,7 @@ from dcls_zoo.cli import main
 from dcls_zoo.interpret import alignment_score, grad_cam
 from dcls_zoo.interpret.clickme import ClickMe, crc32c, parse_example, read_tfrecord
 from dcls_zoo.interpret.gradcam import default_target_layer
+from dcls_zoo.interpret.plots import dcls_stages
 from dcls_zoo.models.kernel_sharing import SEResNetCifar
 
 
@@ -407,6 +408,15 @@ def test_tfrecord_reader_rejects_corrupt_files(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------- the CLI
+
+def test_kernel_pictures_group_dcls_layers_by_stage():
+    resnet = dcls_stages(timm.create_model("dcls_resnet50", device="meta"))
+    assert list(resnet) == ["layer1", "layer2", "layer3", "layer4"]
+    assert [len(v) for v in resnet.values()] == [3, 4, 6, 3]  # every 3x3 conv of the bottlenecks
+    convnext = dcls_stages(timm.create_model("dcls_convnext_atto", device="meta"))
+    assert list(convnext) == ["stages.0", "stages.1", "stages.2", "stages.3"]
+    assert [len(v) for v in convnext.values()] == [2, 2, 6, 2]
+
 
 def test_cli_gradcam_kernels_and_clickme_eval(tmp_path, capsys):
     image, _ = _clickme_arrays(0)

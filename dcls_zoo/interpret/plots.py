@@ -50,14 +50,16 @@ def plot_grad_cam(image: np.ndarray, heatmap: np.ndarray, title: str, out: Union
 # -------------------------------------------------------------------------------------------------- DCLS kernels
 
 def dcls_stages(model: nn.Module) -> "OrderedDict[str, list[tuple[str, nn.Module]]]":
-    """2-D DCLS layers of `model` grouped by stage (the first two components of their name: 'stages.1', 'layer3')."""
+    """2-D DCLS layers of `model` grouped by stage ('stages.1' of timm's staged models, 'layer3' of ResNets)."""
     from ..layers import Dcls2d
 
     stages: "OrderedDict[str, list[tuple[str, nn.Module]]]" = OrderedDict()
     for name, module in model.named_modules():
         if isinstance(module, Dcls2d):
+            # 'stages.1.blocks.0.conv_dw' -> 'stages.1'; 'layer3.0.conv2' -> 'layer3'
             parts = name.split(".")
-            stage = ".".join(parts[:2]) if len(parts) > 2 else parts[0]
+            numbered = len(parts) > 2 and parts[1].isdigit() and not any(ch.isdigit() for ch in parts[0])
+            stage = ".".join(parts[:2]) if numbered else parts[0]
             stages.setdefault(stage, []).append((name, module))
     return stages
 
