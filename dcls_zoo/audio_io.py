@@ -8,6 +8,7 @@ There is no resampler here: a file at another rate than the model's is an error,
 """
 from __future__ import annotations
 
+import math
 import wave
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -22,6 +23,13 @@ def _read_wav_stdlib(path: Path) -> tuple[np.ndarray, int]:
     with wave.open(str(path), "rb") as f:
         channels, width, rate, frames = f.getnchannels(), f.getsampwidth(), f.getframerate(), f.getnframes()
         raw = f.readframes(frames)
+    if len(raw) != frames * channels * width:
+        raise ValueError(
+            f"{path}: truncated WAV file: its header announces {frames} frames ({frames / max(rate, 1):.2f} s) but "
+            f"it holds {len(raw) // max(channels * width, 1)}; the file is incomplete, copy or export it again"
+        )
+    if frames == 0:
+        raise ValueError(f"{path}: the WAV file is empty (no samples)")
     if width == 1:      # 8-bit WAV is unsigned
         data = (np.frombuffer(raw, dtype=np.uint8).astype(np.float32) - 128.0) / 128.0
     elif width == 2:
@@ -130,7 +138,18 @@ def tag_waveform(
         raise ValueError(f"tag_waveform: expected a mono (samples,) tensor, got {tuple(waveform.shape)}")
     if not torch.isfinite(waveform).all():
         raise ValueError("tag_waveform: the recording contains NaN or infinite samples")
-    clips = split_clips(waveform, int(round(clip_seconds * expected_rate)))
+    if not (math.isfinite(clip_seconds) and clip_seconds > 0):
+        raise ValueError(f"the clip length (--clip-seconds) must be a positive number of seconds, got {clip_seconds}")
+    clip_samples = int(round(clip_seconds * expected_rate))
+    min_size = ((getattr(model, "pretrained_cfg", None) or {}).get("min_input_size") or (0,))[-1]
+    if clip_samples < max(min_size, 1):
+        shortest = math.ceil(max(min_size, 1) / expected_rate * 100) / 100
+        name = (getattr(model, "pretrained_cfg", None) or {}).get("architecture", type(model).__name__)
+        raise ValueError(
+            f"a clip of {clip_seconds:g} s is {clip_samples} samples at {expected_rate} Hz, but {name} needs at "
+            f"least {max(min_size, 1)}: use clips of {shortest:g} s or more (--clip-seconds)"
+        )
+    clips = split_clips(waveform, clip_samples)
     param = next(model.parameters())
     probs = torch.cat([
         torch.sigmoid(model(batch.to(param.device, param.dtype)).float())

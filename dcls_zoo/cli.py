@@ -1,13 +1,20 @@
 """`dcls-zoo` command line: one sub-command per job; the work itself lives in the package modules.
 
-Each sub-command is a pair: `_add_<name>(subparsers)` declares its arguments, `_run_<name>(args)` runs it.
-Heavy imports happen inside `_run_*` so `dcls-zoo --help` stays fast.
+Each sub-command is a pair: `_add_<name>(subparsers)` declares its arguments (no torch, timm or transformers
+imports there), `_run_<name>(args)` runs it and imports what it needs. The `dcls-zoo` console script
+(`dcls_zoo_cli.main`) imports this module before the package registers its models, so `--help` and argument
+errors never import torch; `main` then registers the models (and the transformers classes unless the command is
+in `TIMM_ONLY_COMMANDS`) and runs the command. Errors a user can fix are one line on stderr, exit status 1.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from typing import Callable, Sequence
+
+# commands that need the timm models only (not the transformers classes, which import transformers)
+TIMM_ONLY_COMMANDS = {"models", "tag", "gradcam", "clickme-eval", "kernels"}
 
 
 def _add_models(sub: argparse._SubParsersAction) -> None:
@@ -65,16 +72,18 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     p.add_argument("out_dir", help="folder to write (config.json, model.safetensors, README.md)")
     p.add_argument("--tolerance", type=float, default=0.0,
                    help="largest accepted |logits difference| between the reloaded and the original load (default 0)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing, non-empty OUT_DIR (only once the conversion is verified)")
 
 
 def _run_convert(args: argparse.Namespace) -> int:
     from .hub import convert_checkpoint
 
     try:
-        report = convert_checkpoint(args.model, args.checkpoint, args.out_dir, tolerance=args.tolerance)
-    except (ValueError, RuntimeError, FileNotFoundError) as err:
-        print(f"dcls-zoo convert: error: {err}", file=sys.stderr)
-        return 1
+        report = convert_checkpoint(args.model, args.checkpoint, args.out_dir, tolerance=args.tolerance,
+                                    overwrite=args.overwrite)
+    except (ValueError, RuntimeError, OSError) as err:
+        return _error("convert", err)
     print(report.describe())
     return 0
 
@@ -94,9 +103,8 @@ def _run_push(args: argparse.Namespace) -> int:
     try:
         plan = push_folder(args.folder, args.repo_id, dry_run=args.dry_run, private=args.private,
                            commit_message=args.commit_message)
-    except (ValueError, RuntimeError, FileNotFoundError) as err:
-        print(f"dcls-zoo push: error: {err}", file=sys.stderr)
-        return 1
+    except (ValueError, RuntimeError, OSError) as err:
+        return _error("push", err)
     print(("would send " if args.dry_run else "sent ") + plan.describe())
     return 0
 
@@ -121,37 +129,50 @@ def _add_tag(sub: argparse._SubParsersAction) -> None:
 
 def _run_tag(args: argparse.Namespace) -> int:
     import json
+    from pathlib import Path
 
     import timm
 
     from .audio_io import read_audio, tag_waveform, to_mono
 
     try:
-        if args.top < 1 or args.clip_seconds <= 0:
-            raise ValueError("--top must be >= 1 and --clip-seconds > 0")
+        if args.top < 1:
+            raise ValueError(f"--top must be >= 1, got {args.top}")
+        if not (math.isfinite(args.clip_seconds) and args.clip_seconds > 0):
+            raise ValueError(f"--clip-seconds must be a positive number of seconds, got {args.clip_seconds}")
+        arch = args.model.split(".")[0]
         audio_models = timm.list_models(module=["audio_convnext", "dcls_audio"])
-        if args.model.split(".")[0] not in audio_models:
+        if arch not in audio_models:
             raise ValueError(f"--model must be an audio tagging model, one of: {', '.join(audio_models)}")
         waveform, rate = read_audio(args.audio)
+        if args.clip_seconds * rate < 1:
+            raise ValueError(f"--clip-seconds {args.clip_seconds:g} is less than one sample at {rate} Hz")
+        if args.checkpoint and not Path(args.checkpoint).is_file():
+            raise FileNotFoundError(f"--checkpoint {args.checkpoint}: no such file")
         if waveform.shape[0] > 1:
             print(f"dcls-zoo tag: averaging {waveform.shape[0]} channels to mono", file=sys.stderr)
         kwargs = dict(pretrained=True)
         if args.checkpoint:
             kwargs["pretrained_cfg_overlay"] = dict(file=args.checkpoint)
-        try:
-            model = timm.create_model(args.model, waveform_input=True, **kwargs)
-        except TypeError:  # models that always take waveforms have no waveform_input argument
-            model = timm.create_model(args.model, **kwargs)
+        if arch in timm.list_models(module="dcls_audio"):  # spectrogram models: ask for their waveform front-end
+            kwargs["waveform_input"] = True
+        model = timm.create_model(args.model, **kwargs)
         tags = tag_waveform(model.eval(), to_mono(waveform), rate, top_k=args.top, clip_seconds=args.clip_seconds)
-    except (ValueError, TypeError, RuntimeError, FileNotFoundError) as err:
-        print(f"dcls-zoo tag: error: {err}", file=sys.stderr)
-        return 1
+    except (ValueError, TypeError, RuntimeError, OSError) as err:
+        return _error("tag", err)
     if args.json:
         print(json.dumps([{"label": name, "probability": round(p, 6)} for name, p in tags], indent=1))
     else:
         for name, p in tags:
             print(f"{p:.3f}  {name}")
     return 0
+
+
+def _error(command: str, err: BaseException) -> int:
+    """One line on stderr for an error the user can fix; exit status 1."""
+    message = " ".join(str(err).split()) or type(err).__name__
+    print(f"dcls-zoo {command}: error: {message}", file=sys.stderr)
+    return 1
 
 
 # (name, add-arguments, run) — later sub-commands are appended here, one line each.
@@ -180,7 +201,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    return runners[args.command](args) or 0
+    import dcls_zoo
+
+    try:
+        dcls_zoo.register(transformers=args.command not in TIMM_ONLY_COMMANDS)
+        return runners[args.command](args) or 0
+    except KeyboardInterrupt:
+        print(f"dcls-zoo {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -8,16 +8,25 @@ must equal those of the original-layout load. The report says so, with the numbe
 
 The GPT-2 variants (`ortho_gpt2`) convert from the authors' nanoGPT layout through `dcls_zoo.lm`'s converter; the
 same save / reload (`AutoModelForCausalLM.from_pretrained`) / compare steps follow.
+
+Nothing is lost or left half-done: the folder is written into a hidden temporary folder next to `out_dir` and moved
+into place only after the check passed (a failed conversion leaves nothing behind); an existing, non-empty
+`out_dir` is refused unless `overwrite=True`. The original checkpoint is read with `torch.load(weights_only=True)`
+only: a crafted, truncated or garbage file is an error naming it, and nothing in it runs.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Union
 
 import torch
 import torch.nn as nn
 
+from ..models._files import load_checkpoint_file
 from .save import WEIGHTS_NAME, load_folder, save_folder
 
 __all__ = ["ConversionReport", "convert_checkpoint", "fixed_input"]
@@ -34,7 +43,7 @@ def _load_original_lm(name: str, checkpoint: str) -> nn.Module:
     """
     from dcls_zoo.lm import ORTHO_GPT2_PRESETS, load_nanogpt_checkpoint
 
-    model = load_nanogpt_checkpoint(checkpoint)
+    model = load_nanogpt_checkpoint(load_checkpoint_file(checkpoint))   # weights_only; bad files named
     preset = ORTHO_GPT2_PRESETS.get(name, {})
     differs = {k: (getattr(model.config, k), v) for k, v in preset.items() if getattr(model.config, k) != v}
     if differs:
@@ -101,6 +110,7 @@ def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def _convert_timm(name: str, checkpoint: str, folder: Path, batch_size: int) -> tuple[nn.Module, dict, tuple]:
     import timm
 
+    load_checkpoint_file(checkpoint)   # a bad file is named here, whichever loader the family uses
     original = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=checkpoint)).eval()
     save_folder(original, folder, model_name=name)
     shape = (batch_size, *original.pretrained_cfg["input_size"])
@@ -119,6 +129,19 @@ def _convert_timm(name: str, checkpoint: str, folder: Path, batch_size: int) -> 
 
 
 def _convert_transformers(name: str, checkpoint: str, folder: Path, batch_size: int) -> tuple[nn.Module, dict, tuple]:
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()   # the report says what was written and checked
+    try:
+        return _convert_transformers_quietly(name, checkpoint, folder, batch_size)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _convert_transformers_quietly(name: str, checkpoint: str, folder: Path,
+                                  batch_size: int) -> tuple[nn.Module, dict, tuple]:
     from transformers import AutoModelForCausalLM
 
     original = _load_original_lm(name, checkpoint).eval()
@@ -138,36 +161,72 @@ def convert_checkpoint(
     *,
     batch_size: int = 2,
     tolerance: float = 0.0,
+    overwrite: bool = False,
 ) -> ConversionReport:
     """Convert `checkpoint` of the registered model `name` ('arch.tag') into a Hub-ready folder `out_dir`.
 
     Raises RuntimeError when a reload's logits differ from the original-layout load by more than `tolerance`
-    (default 0: the converted weights are the same numbers, so the logits must be identical).
+    (default 0: the converted weights are the same numbers, so the logits must be identical); `out_dir` is then
+    untouched. An existing non-empty `out_dir` is replaced only with `overwrite=True`, after the check passed.
     """
     import timm
 
     checkpoint = str(checkpoint)
     if not Path(checkpoint).is_file():
         raise FileNotFoundError(f"no checkpoint at {checkpoint}")
-    folder = Path(out_dir)
     if timm.is_model(name.partition(".")[0]):
-        model, diffs, shape = _convert_timm(name, checkpoint, folder, batch_size)
+        convert = _convert_timm
     elif _is_lm_name(name):
-        model, diffs, shape = _convert_transformers(name, checkpoint, folder, batch_size)
+        convert = _convert_transformers
     else:
         raise ValueError(
             f"unknown model {name!r}: expected a registered timm name ('arch.tag'), a dcls_zoo.lm preset or "
             f"{LM_MODEL_TYPE!r} (did you `import dcls_zoo`?)"
         )
-    report = ConversionReport(
-        name=name, checkpoint=checkpoint, folder=folder,
-        files=tuple(sorted(p.name for p in folder.iterdir() if p.is_file())),
-        input_shape=tuple(shape), max_abs_diff=diffs,
-        unique_parameters=sum(p.numel() for p in model.parameters()), shared_tensors=_shared_count(model),
-        tolerance=tolerance,
-    )
-    if not report.verified:
-        raise RuntimeError("conversion check failed:\n" + report.describe())
-    if WEIGHTS_NAME not in report.files:
-        raise RuntimeError(f"{folder} has no {WEIGHTS_NAME} after conversion")
-    return report
+    target = Path(out_dir)
+    _check_target(target, overwrite)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.converting-", dir=target.parent))
+    try:
+        model, diffs, shape = convert(name, checkpoint, staging, batch_size)
+        report = ConversionReport(
+            name=name, checkpoint=checkpoint, folder=target,
+            files=tuple(sorted(p.name for p in staging.iterdir() if p.is_file())),
+            input_shape=tuple(shape), max_abs_diff=diffs,
+            unique_parameters=sum(p.numel() for p in model.parameters()), shared_tensors=_shared_count(model),
+            tolerance=tolerance,
+        )
+        if not report.verified:
+            raise RuntimeError("conversion check failed (nothing was written to "
+                               f"{target}): " + " ".join(report.describe().split()))
+        if WEIGHTS_NAME not in report.files:
+            raise RuntimeError(f"the conversion wrote no {WEIGHTS_NAME}; nothing was written to {target}")
+        _move_into_place(staging, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return replace(report, folder=target)
+
+
+def _check_target(target: Path, overwrite: bool) -> None:
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        raise ValueError(f"out_dir {target} exists and is not a folder; choose a folder path")
+    if target.is_dir() and any(target.iterdir()) and not overwrite:
+        raise ValueError(f"out_dir {target} exists and is not empty; choose another folder, or pass --overwrite "
+                         f"(overwrite=True) to replace it once the conversion is verified")
+
+
+def _move_into_place(staging: Path, target: Path) -> None:
+    """Rename the verified folder to `target`; an existing target is moved aside first and removed after."""
+    old = None
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.replaced-", dir=target.parent))
+        os.rename(target, old / target.name)
+    try:
+        os.rename(staging, target)
+    except OSError:
+        if old is not None:   # put the previous folder back
+            os.rename(old / target.name, target)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

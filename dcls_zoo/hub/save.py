@@ -15,6 +15,14 @@ Classifier heads are never re-initialised silently: `load_folder(..., num_classe
 checkpoint's raises ValueError unless `replace_head=True` asks for a new head explicitly (and a warning names it).
 timm's own `create_model(..., pretrained=True, num_classes=N)` does drop the classifier quietly (info-level log):
 that is timm's fine-tuning convention, and the model cards say so.
+
+Integrity. `save_folder` records the sha256 of `model.safetensors` in `model.safetensors.sha256` beside it
+(`sha256sum` format: `sha256sum -c model.safetensors.sha256` checks it as well). `load_folder`, `local-dir:` and
+`dcls_zoo.hub.push_folder` verify it, so corrupt weights are an error naming the file instead of NaN outputs;
+folders without it (older ones, timm's own) load unchecked. It is a file of its own rather than a config.json
+field because other writers (timm's `save_for_hf`, transformers' `save_pretrained` of a TimmWrapper) rewrite
+config.json and would carry a stale value forward. Bad config.json fields, unreadable weights and a
+`num_classes` that disagrees with `model_args.num_classes` are errors naming the file (`dcls_zoo.models._files`).
 """
 from __future__ import annotations
 
@@ -26,8 +34,19 @@ from typing import Any, Mapping, Optional, Union
 import torch
 import torch.nn as nn
 
+from ..models._files import (
+    CHECKSUM_NAME,
+    check_timm_config,
+    checkpoint_num_classes,
+    read_config,
+    read_safetensors_header,
+    verify_checksum,
+    write_checksum,
+)
+from ..models._files import load_safetensors as _load_safetensors
+
 __all__ = [
-    "CONFIG_NAME", "WEIGHTS_NAME", "CARD_NAME", "SHARED_METADATA_KEY",
+    "CONFIG_NAME", "WEIGHTS_NAME", "CARD_NAME", "CHECKSUM_NAME", "SHARED_METADATA_KEY",
     "deduplicate_state_dict", "save_state_dict", "load_state_dict_file", "apply_tie_map",
     "check_state_dict_fits", "save_folder", "load_weights", "load_folder", "folder_architecture",
     "is_transformers_model",
@@ -104,21 +123,16 @@ def save_state_dict(
 
 
 def _read_metadata(path: PathLike) -> dict[str, str]:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        return dict(f.metadata() or {})
+    return read_safetensors_header(path)[1]
 
 
 def load_state_dict_file(path: PathLike, device: Union[str, torch.device] = "cpu") -> dict[str, torch.Tensor]:
     """Read a safetensors file written by `save_state_dict`; aliases come back as the same tensor object."""
-    from safetensors.torch import load_file
-
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"expected a .safetensors file, got {str(path)!r} (pickled checkpoints are not read here)")
-    state_dict = load_file(str(path), device=str(device))
-    ties = json.loads(_read_metadata(path).get(SHARED_METADATA_KEY, "{}"))
+    state_dict = _load_safetensors(path, device=str(device))
+    ties = _tie_map_of(path)
     for stored, aliases in ties.items():
         if stored not in state_dict:
             raise ValueError(f"{path}: tie map names {stored!r}, which the file does not hold")
@@ -128,7 +142,13 @@ def load_state_dict_file(path: PathLike, device: Union[str, torch.device] = "cpu
 
 
 def _tie_map_of(path: PathLike) -> dict[str, list[str]]:
-    return json.loads(_read_metadata(path).get(SHARED_METADATA_KEY, "{}"))
+    try:
+        ties = json.loads(_read_metadata(path).get(SHARED_METADATA_KEY, "{}"))
+    except json.JSONDecodeError:
+        ties = None
+    if not isinstance(ties, dict) or not all(isinstance(v, list) for v in ties.values()):
+        raise ValueError(f"{path}: the '{SHARED_METADATA_KEY}' metadata is not a JSON object of name lists")
+    return ties
 
 
 def apply_tie_map(model: nn.Module, ties: Mapping[str, list[str]]) -> int:
@@ -265,6 +285,11 @@ def save_folder(
         save_state_dict(model.state_dict(), folder / WEIGHTS_NAME, metadata={ARCHITECTURE_METADATA_KEY: arch})
         tag = (getattr(model, "pretrained_cfg", None) or {}).get("tag")
         name = model_name or (f"{arch}.{tag}" if tag else arch)
+    weights = folder / WEIGHTS_NAME
+    if weights.is_file():
+        write_checksum(folder)
+    elif (folder / CHECKSUM_NAME).exists():
+        (folder / CHECKSUM_NAME).unlink()  # sharded weights: a checksum of an older single file would be stale
     if card is True:
         from .cards import model_card
 
@@ -287,6 +312,7 @@ def load_weights(model: nn.Module, source: PathLike) -> nn.Module:
         path = path / WEIGHTS_NAME
     if not path.is_file():
         raise FileNotFoundError(f"no weights at {path}")
+    verify_checksum(path)
     # older folders list followers of a shared tensor as aliases: their copies must agree, then one key is kept
     state_dict = fold_shared_entries(load_state_dict_file(path), model)
     saved_from = _read_metadata(path).get(ARCHITECTURE_METADATA_KEY)
@@ -318,6 +344,12 @@ def _resolve_folder(source: PathLike, revision: Optional[str] = None, cache_dir:
             f"{source!r} is not a folder, and {where} has no {CONFIG_NAME} + {WEIGHTS_NAME} for it "
             f"({type(e).__name__})"
         ) from e
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:  # the weights' sha256, when the repo has one (folders pushed by dcls-zoo do)
+        hf_hub_download(source, CHECKSUM_NAME, revision=revision, cache_dir=cache_dir)
+    except (EntryNotFoundError, HfHubHTTPError):
+        pass
     return Path(config).parent
 
 
@@ -326,10 +358,12 @@ def folder_architecture(folder: PathLike) -> tuple[str, str]:
     path = Path(folder) / CONFIG_NAME
     if not path.is_file():
         raise FileNotFoundError(f"no {CONFIG_NAME} in {folder}")
-    config = json.loads(path.read_text())
+    config = read_config(path)
     if "architecture" in config:
-        return "timm", config["architecture"]
+        return "timm", check_timm_config(config, path)["architecture"]
     if "model_type" in config:
+        if not isinstance(config["model_type"], str):
+            raise ValueError(f"{path}: 'model_type' must be a string, got {config['model_type']!r}")
         return "transformers", config["model_type"]
     raise ValueError(f"{path} names neither a timm 'architecture' nor a transformers 'model_type'")
 
@@ -360,10 +394,10 @@ def load_folder(
             f"{source} holds a transformers model ({arch!r}); load it with transformers' from_pretrained "
             f"(after `import dcls_zoo`)"
         )
+    checkpoint_classes = checkpoint_num_classes(read_config(folder / CONFIG_NAME))  # types checked above
     pretrained_cfg, model_name, model_args = load_model_config_from_path(folder)
     if not timm.is_model(model_name):
         raise ValueError(f"{source}: architecture {model_name!r} is not registered (did you `import dcls_zoo`?)")
-    checkpoint_classes = model_args.get("num_classes", pretrained_cfg.get("num_classes"))
     if "num_classes" in kwargs:
         raise TypeError("pass num_classes as load_folder's own argument (with replace_head=True to change it)")
     new_head = num_classes is not None and num_classes != checkpoint_classes

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import pickle
 from typing import Any, Callable, Optional
 
 import torch.nn as nn
@@ -27,6 +29,7 @@ from timm.models._pretrained import PretrainedCfg
 from timm.models._registry import get_pretrained_cfg
 
 from ..layers.replace import expand_shared_entries, fold_shared_entries
+from ._files import FolderFileError, check_checkpoint_file, check_local_dir, describe_load_error
 
 __all__ = ["build_dcls_model", "tied_checkpoint_filter", "unwrap_checkpoint", "with_every_shared_copy"]
 
@@ -124,9 +127,36 @@ def build_dcls_model(
 ) -> nn.Module:
     """`timm.models.build_model_with_cfg`, with `url` checkpoints loaded through timm's safe file loader and
     tied parameters restored from either checkpoint form."""
+    weights_file = None
     if pretrained:
         kwargs = _with_url_as_file(variant, kwargs)
+        weights_file = _check_weights_source(kwargs)
     filter_fn = kwargs.get("pretrained_filter_fn")
     if not getattr(filter_fn, "handles_tied_entries", False):
         kwargs["pretrained_filter_fn"] = tied_checkpoint_filter(filter_fn)
-    return build_model_with_cfg(model_cls, variant, pretrained, **kwargs)
+    try:
+        return build_model_with_cfg(model_cls, variant, pretrained, **kwargs)
+    except (pickle.UnpicklingError, EOFError, OSError, RuntimeError) as e:
+        # torch.load(weights_only=True) failing on the checkpoint: say which file, never "use weights_only=False"
+        message = describe_load_error(weights_file, e) if weights_file else None
+        if message is None:
+            raise
+        raise FolderFileError(message) from None
+
+
+def _check_weights_source(kwargs: dict[str, Any]) -> Optional[str]:
+    """Check a `local-dir:` folder before timm reads it (config types, one classifier size, weights header and
+    recorded sha256); returns the checkpoint file timm will read, if it is a local file."""
+    cfg = kwargs.get("pretrained_cfg")
+    cfg = cfg.to_dict() if isinstance(cfg, PretrainedCfg) else cfg
+    if isinstance(cfg, dict) and cfg.get("source") == "local-dir" and cfg.get("file"):
+        check_local_dir(cfg["file"])
+        return None
+    overlay = kwargs.get("pretrained_cfg_overlay") or {}
+    file = overlay.get("file") or (cfg.get("file") if isinstance(cfg, dict) else None)
+    if not file or overlay.get("state_dict") is not None:
+        return None
+    if not os.path.isfile(file):
+        raise FileNotFoundError(f"no checkpoint file at {file} (pretrained_cfg file=)")
+    check_checkpoint_file(file)   # torch zip files: tensors memory-mapped, not read twice
+    return str(file)

@@ -24,7 +24,8 @@ from typing import Any, Optional, Union
 
 __all__ = [
     "CONFIG_NAME", "WEIGHTS_NAME", "CHECKSUM_NAME", "FolderFileError", "file_sha256", "write_checksum",
-    "verify_checksum", "read_safetensors_header", "load_safetensors", "load_checkpoint_file", "read_config",
+    "verify_checksum", "read_safetensors_header", "load_safetensors", "load_checkpoint_file",
+    "check_checkpoint_file", "read_config",
     "check_timm_config", "checkpoint_num_classes", "check_local_dir",
 ]
 
@@ -156,10 +157,43 @@ def describe_load_error(path: PathLike, error: BaseException) -> Optional[str]:
                 f"here: re-save the weights from code you trust (safetensors preferred)")
     if isinstance(error, (EOFError, OSError)) or (isinstance(error, RuntimeError) and
                                                    "PytorchStreamReader" in str(error)):
-        size = Path(path).stat().st_size if Path(path).is_file() else 0
-        what = "empty" if size == 0 else f"{size:,} bytes: truncated or corrupt"
-        return f"{path}: not a readable torch checkpoint ({what}); download or save it again"
+        return _unreadable(path)
     return None
+
+
+def _unreadable(path: PathLike, error: Optional[BaseException] = None) -> str:
+    size = Path(path).stat().st_size if Path(path).is_file() else 0
+    what = "empty" if size == 0 else f"{size:,} bytes: truncated or corrupt"
+    if error is not None and size:
+        what += f"; {type(error).__name__}: {' '.join(str(error).split())[:120]}"
+    return f"{path}: not a readable torch checkpoint ({what}); download or save it again"
+
+
+def _torch_load(path: Path, mmap: bool = False) -> Any:
+    import argparse
+
+    import torch
+
+    try:
+        # what timm's file loader accepts: the authors' training checkpoints pickle their argparse.Namespace
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as e:  # garbage makes the unpickler fail in many ways (IndexError, KeyError, ...)
+        raise FolderFileError(describe_load_error(path, e) or _unreadable(path, e)) from None
+
+
+def check_checkpoint_file(path: PathLike) -> None:
+    """Raise FolderFileError naming `path` unless it is a readable weights file; cheap for torch zip files (the
+    tensors are memory-mapped, not read)."""
+    import zipfile
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint file at {path}")
+    if path.suffix == ".safetensors":
+        read_safetensors_header(path)
+    else:
+        _torch_load(path, mmap=zipfile.is_zipfile(path))
 
 
 def load_checkpoint_file(path: PathLike) -> Any:
@@ -169,15 +203,7 @@ def load_checkpoint_file(path: PathLike) -> Any:
         raise FileNotFoundError(f"no checkpoint file at {path}")
     if path.suffix == ".safetensors":
         return load_safetensors(path)
-    import torch
-
-    try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, EOFError, OSError, RuntimeError) as e:
-        message = describe_load_error(path, e)
-        if message is None:
-            raise
-        raise FolderFileError(message) from None
+    return _torch_load(path)
 
 
 # --------------------------------------------------------------------------------------------------------------
