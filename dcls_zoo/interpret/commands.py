@@ -21,7 +21,7 @@ def _error(command: str, err: BaseException) -> int:
 def _create_model(name: str, pretrained: bool):
     import timm
 
-    import dcls_zoo  # noqa: F401  (registers the zoo's models)
+    import dcls_zoo.models  # noqa: F401  (registers the zoo's timm models, also when the CLI defers registration)
 
     if name.split(".")[0] not in timm.list_models() and name.split(".")[0] not in timm.list_models(pretrained=True):
         raise ValueError(f"--model {name!r} is not a registered timm or dcls_zoo model (see `dcls-zoo models`)")
