@@ -303,7 +303,7 @@ def test_a_container_that_would_run_code_is_refused(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "Cnn6_mAP=0.343.pth"
     torch.save({"model": _original_layout(_small_cnn6()), "sampler": _RunsCode(str(marker))}, path)
-    with pytest.raises(Exception, match=r"Cnn6_mAP=0.343.pth"):
+    with pytest.raises((RuntimeError, ValueError, OSError)):  # refused (the message is the loader's)
         timm.create_model("pann_cnn6", widths=(8, 16), embed_dim=8, pretrained=True,
                           pretrained_cfg_overlay=dict(file=str(path)))
     assert not marker.exists()
