@@ -219,22 +219,28 @@ def test_local_dir_with_one_classifier_size_loads_the_trained_head(good):
 
 # -- 5. config.json and weights files: one line naming the file -----------------------------------------------------
 
-@pytest.mark.parametrize("edit, match", [
-    (lambda c: "{not json", r"config\.json: not valid JSON"),
-    (lambda c: dict(c, architecture=123), r"config\.json: 'architecture' must be a model name string, got 123"),
+@pytest.mark.parametrize("edit, match, timm_parses_it", [
+    (lambda c: "{not json", r"config\.json: not valid JSON", False),
+    (lambda c: dict(c, architecture=123), r"config\.json: 'architecture' must be a model name string, got 123",
+     False),
     (lambda c: dict(c, num_classes="five"), r"config\.json: 'num_classes' must be a non-negative integer, "
-                                            r"got 'five'"),
-    (lambda c: dict(c, model_args=[1, 2]), r"config\.json: 'model_args' must be a JSON object"),
-    (lambda c: dict(c, pretrained_cfg="in1k"), r"config\.json: 'pretrained_cfg' must be a JSON object"),
-    (lambda c: [c], r"config\.json: expected a JSON object, got a list"),
+                                            r"got 'five'", True),
+    (lambda c: dict(c, model_args=[1, 2]), r"config\.json: 'model_args' must be a JSON object", False),
+    (lambda c: dict(c, pretrained_cfg="in1k"), r"config\.json: 'pretrained_cfg' must be a JSON object", False),
+    (lambda c: dict(c, pretrained_cfg=dict(c["pretrained_cfg"], mean="0.5")),
+     r"config\.json: 'pretrained_cfg\.mean' must be a list of numbers, got '0\.5'", True),
+    (lambda c: [c], r"config\.json: expected a JSON object, got a list", False),
 ])
-def test_a_bad_config_is_one_line_naming_the_file(folder, capsys, edit, match):
+def test_a_bad_config_is_one_line_naming_the_file(folder, capsys, edit, match, timm_parses_it):
     config = edit(json.loads((folder / "config.json").read_text()))
     (folder / "config.json").write_text(config if isinstance(config, str) else json.dumps(config))
     with pytest.raises(ValueError, match=match) as err:
         load_folder(folder)
     assert str(folder / "config.json") in str(err.value) and "\n" not in str(err.value)
     _refused_by_push(folder, capsys, match)
+    if timm_parses_it:   # what timm's own config parser lets through, local-dir: catches before building
+        with pytest.raises(ValueError, match=match):
+            timm.create_model(f"local-dir:{folder}", pretrained=True)
 
 
 @pytest.mark.parametrize("damage, what", [
