@@ -525,6 +525,29 @@ def test_hf_trainer_trains_and_saves_an_fsdp2_sharded_ortho_gpt2(tmp_path):
         assert torch.equal(state[k], v), k
 
 
+def test_dcls_zoo_train_under_accelerate_launch_fsdp2_config_on_cpu_stops_in_one_line(tmp_path):
+    """The user's path: `accelerate launch --config_file accelerate_configs/fsdp2.yaml -m dcls_zoo.cli train` on
+    CPU used to train as DDP and exit 0; now every process stops before training with the one line."""
+    data = write_image_folder(str(tmp_path / "imgs"), n_per_class=2)
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
+               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", "--config_file",
+           os.path.join(CONFIGS, "fsdp2.yaml"), "--num_processes", "2", "-m", "dcls_zoo.cli", "train",
+           "--dataset", data, "--eval-split", "train", "--max-steps", "1", "--batch-size", "1",
+           "--output-dir", str(tmp_path / "out"), "--report-to", "none", "--no-progress"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    line = ("dcls-zoo train: error: the accelerate config asks for fsdp2, but Accelerate enables it only on GPUs/"
+            "accelerators: on device cpu:0 this run would silently be MULTI_CPU with 2 process(es); for FSDP2 on CPU "
+            "run `torchrun --nproc_per_node N -m dcls_zoo.cli train --distributed fsdp2 ...`, or drop the fsdp2 "
+            "settings to train with plain DDP")
+    output = (done.stdout + done.stderr).splitlines()
+    assert output.count(line) == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    # the processes print no traceback (the launcher then reports their exit status with its own)
+    assert not any(text.startswith("[rank") and "Traceback" in text for text in output)
+    assert not os.path.exists(tmp_path / "out" / "model.safetensors")
+
+
 def launch_environment(config_file: str) -> dict[str, str]:
     """The variables `accelerate launch --config_file <config_file>` sets for its processes (Accelerate's own
     parsing of the file)."""
