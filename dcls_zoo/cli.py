@@ -141,7 +141,7 @@ def _run_tag(args: argparse.Namespace) -> int:
         if not (math.isfinite(args.clip_seconds) and args.clip_seconds > 0):
             raise ValueError(f"--clip-seconds must be a positive number of seconds, got {args.clip_seconds}")
         arch = args.model.split(".")[0]
-        audio_models = timm.list_models(module=["audio_convnext", "dcls_audio"])
+        audio_models = timm.list_models(module=["audio_convnext", "dcls_audio", "pann"])
         if arch not in audio_models:
             raise ValueError(f"--model must be an audio tagging model, one of: {', '.join(audio_models)}")
         waveform, rate = read_audio(args.audio)

@@ -307,3 +307,23 @@ def test_a_container_that_would_run_code_is_refused(tmp_path):
         timm.create_model("pann_cnn6", widths=(8, 16), embed_dim=8, pretrained=True,
                           pretrained_cfg_overlay=dict(file=str(path)))
     assert not marker.exists()
+
+
+def test_tag_command_runs_a_panns_checkpoint(tmp_path, capsys):
+    from dcls_zoo.audio_io import pad_or_crop, read_audio, write_wav
+    from dcls_zoo.cli import main
+
+    t = torch.arange(int(1.5 * SR)) / SR
+    write_wav(tmp_path / "clip.wav", (0.3 * torch.sin(2 * torch.pi * 440 * t))[None], SR)
+    torch.manual_seed(0)
+    full = timm.create_model("pann_cnn6").eval()  # the CLI builds the full-size model
+    randomize_norm_statistics(full)
+    torch.save({"iteration": 1, "model": _original_layout(full), "sampler": _sampler_state()},
+               tmp_path / "Cnn6_mAP=0.343.pth")
+    assert main(["tag", str(tmp_path / "clip.wav"), "--model", "pann_cnn6", "--checkpoint",
+                 str(tmp_path / "Cnn6_mAP=0.343.pth"), "--top", "3"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    wave, _ = read_audio(tmp_path / "clip.wav")
+    with torch.no_grad():  # expected: the model on the clip padded to 10 s
+        top = full.forward_clipwise_probabilities(pad_or_crop(wave.mean(0), 10 * SR)[None])[0].topk(3)
+    assert lines == [f"{p:.3f}  {AUDIOSET_LABELS[i]}" for p, i in zip(top.values.tolist(), top.indices.tolist())]
