@@ -44,6 +44,30 @@ def _read_wav_stdlib(path: Path) -> tuple[np.ndarray, int]:
     return data.reshape(-1, channels).T.copy(), rate
 
 
+def _check_wav_complete(path: Path) -> None:
+    """A RIFF/WAVE file must hold the whole `data` chunk its header announces (any sample format: readers,
+    libsndfile included, otherwise return the samples that are there without a word)."""
+    import struct
+
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        if f.read(12)[8:12] != b"WAVE":
+            return
+        offset = 12
+        while offset + 8 <= size:
+            f.seek(offset)
+            chunk_id, chunk_size = struct.unpack("<4sI", f.read(8))
+            if chunk_id == b"data":
+                held = size - offset - 8
+                if held < chunk_size:
+                    raise ValueError(
+                        f"{path}: truncated WAV file: its header announces {chunk_size:,} bytes of samples but it "
+                        f"holds {held:,}; the file is incomplete, copy or export it again"
+                    )
+                return
+            offset += 8 + chunk_size + (chunk_size & 1)
+
+
 def read_audio(path: Union[str, Path]) -> tuple[torch.Tensor, int]:
     """Read an audio file -> (float32 tensor (channels, samples) in [-1, 1), sample rate).
 
@@ -52,6 +76,7 @@ def read_audio(path: Union[str, Path]) -> tuple[torch.Tensor, int]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no audio file at {path}")
+    _check_wav_complete(path)
     try:
         data, rate = _read_wav_stdlib(path)
     except (wave.Error, EOFError) as stdlib_error:

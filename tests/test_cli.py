@@ -86,6 +86,7 @@ def _fails_in_one_line(capsys, argv, *expected):
     captured = capsys.readouterr()
     err = captured.err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err, captured.err
+    assert captured.out == ""
     for text in expected:
         assert text in err, err
     return err
@@ -141,12 +142,19 @@ def test_tag_names_a_bad_checkpoint(capsys, clip, tmp_path, audioset_checkpoint,
     assert "weights_only=False" not in err and not marker.exists()
 
 
-def test_tag_names_a_truncated_wav_and_prints_no_tags(capsys, clip, tmp_path, audioset_checkpoint):
+@pytest.mark.parametrize("subtype, sample_bytes", [("PCM_16", 2), ("FLOAT", 4)])
+def test_tag_names_a_truncated_wav_and_prints_no_tags(capsys, clip, tmp_path, audioset_checkpoint, subtype,
+                                                     sample_bytes):
+    import soundfile
+
+    whole = tmp_path / "whole.wav"
+    soundfile.write(whole, 0.1 * torch.randn(2 * SR).numpy(), SR, subtype=subtype)   # 2 s, 44-byte header or more
+    data = whole.read_bytes()
     truncated = tmp_path / "cut.wav"
-    truncated.write_bytes(clip.read_bytes()[: 44 + SR])   # header + half a second of the announced two
+    truncated.write_bytes(data[: len(data) - SR * sample_bytes])   # one second of samples missing
     _fails_in_one_line(capsys, ["tag", str(truncated), "--checkpoint", str(audioset_checkpoint)],
-                       f"{truncated}: truncated WAV file: its header announces 64000 frames (2.00 s) but it holds "
-                       f"16000")
+                       f"{truncated}: truncated WAV file: its header announces {2 * SR * sample_bytes:,} bytes of "
+                       f"samples but it holds {SR * sample_bytes:,}")   # and no tags on stdout
 
 
 def test_tag_passes_waveform_input_only_to_the_models_that_take_it(monkeypatch, capsys, clip):
