@@ -25,7 +25,7 @@ if __name__ == "__main__":
     args = parser.parse_args()
     try:
         plans, skipped = publish_all(args.root, org=args.org, dry_run=args.dry_run)
-    except (ValueError, RuntimeError) as err:
+    except (ValueError, RuntimeError, OSError) as err:
         sys.exit(f"publish_all: error: {err}")
     for name in skipped:
         print(f"skipped {name}: not a published model")
