@@ -193,6 +193,9 @@ class LogMelFrontend(nn.Module):
     def power_spectrogram(self, waveform: torch.Tensor) -> torch.Tensor:
         """(B, samples) -> |STFT|^2 of shape (B, n_fft // 2 + 1, T), in float32 (float64 for float64 input)."""
         compute_dtype = torch.float64 if waveform.dtype == torch.float64 else torch.float32
+        if waveform.shape[0] == 0:  # torch.stft refuses an empty batch; the result is simply empty
+            return waveform.new_zeros(
+                (0, self.n_fft // 2 + 1, self.num_frames(waveform.shape[-1])), dtype=compute_dtype)
         spec = torch.stft(
             waveform.to(compute_dtype), self.n_fft, hop_length=self.hop_length, win_length=self.win_length,
             window=torch.hann_window(self.win_length, periodic=True, dtype=compute_dtype, device=waveform.device),

@@ -40,6 +40,7 @@ from ..layers.audio import (
     LogMelFrontend,
     SpecAugment,
 )
+from ..layers.input_checks import chain_layers, check_input_dtype, input_checks_enabled, min_spatial_size
 from ._builder import build_dcls_model
 
 __all__ = ["AudioSetConvNeXt", "checkpoint_filter_fn"]
@@ -101,8 +102,13 @@ class AudioSetConvNeXt(timm_convnext.ConvNeXt):
 
     @property
     def min_samples(self) -> int:
-        """Shortest clip that reaches the last stage (0.23 s at 32 kHz): 24 frames -> 8 stem rows -> 1 row."""
-        frames = 24
+        """Shortest clip that reaches the last stage (0.23 s at 32 kHz: 24 frames -> 8 stem rows -> 1 row), derived
+        from the stem and downsampling layers along time (H)."""
+        chain = chain_layers(self.stem)
+        for stage in self.stages:
+            chain += chain_layers(stage.downsample)
+        frames = min_spatial_size(chain)[0]
+        # The centred STFT gives 1 + samples // hop_length frames.
         return max(self.frontend.min_samples, (frames - 1) * self.frontend.hop_length)
 
     def _set_audio_pool(self) -> None:
@@ -131,6 +137,8 @@ class AudioSetConvNeXt(timm_convnext.ConvNeXt):
                     f"{self.min_samples} ({self.min_samples / self.sample_rate:.2f} s at {self.sample_rate} Hz) are "
                     "needed; pad it (dcls_zoo.audio_io.pad_or_crop pads to 10 s as the original demo does)"
                 )
+        if isinstance(x, torch.Tensor) and x.is_floating_point() and input_checks_enabled():
+            check_input_dtype(x, self.stem[0].weight.dtype, type(self).__name__)
         return self.frontend(x)
 
     def forward_intermediates(self, x: torch.Tensor, *args: Any, **kwargs: Any):

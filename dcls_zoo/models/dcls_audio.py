@@ -44,7 +44,9 @@ from timm.models import metaformer as timm_metaformer
 
 from ..data.audioset_labels import AUDIOSET_LABELS
 from ..layers import DclsModelMixin, dclsify
-from ..layers.audio import DCLS_AUDIO_FRONTEND, LogMelFrontend
+from ..layers.audio import DCLS_AUDIO_FRONTEND, LogMelFrontend, check_waveform
+from ..layers.input_checks import chain_layers, check_input_dtype, input_checks_enabled, min_spatial_size
+from ..layers.rep_pos_enc import DclsRepConditionalPosEnc
 from ._builder import build_dcls_model, tied_checkpoint_filter, unwrap_checkpoint, with_every_shared_copy
 
 __all__ = ["ConvNeXtAudio", "MetaFormerAudio", "FastVitAudio", "AUDIO_STEM_KERNEL"]
@@ -76,12 +78,16 @@ class _AudioModelMixin(DclsModelMixin):
     branch is dropped at compile time when there is no front-end.
     """
 
-    def _init_audio(self, waveform_input: bool, in_chans: int, dcls_version: Optional[str],
+    def _init_audio(self, waveform_input: bool, num_mels: int, in_chans: int, dcls_version: Optional[str],
                     dcls_dilated_kernel_size: int, dcls_kernel_count: int, conv_filter, device, dtype) -> None:
         if waveform_input and in_chans != 1:
             raise ValueError(f"waveform_input=True takes mono audio (in_chans=1), got in_chans={in_chans}")
+        if not isinstance(num_mels, int) or isinstance(num_mels, bool) or num_mels < 1:
+            raise ValueError(f"num_mels must be a positive int (mel bins of the input), got {num_mels!r}")
         self.waveform_input = waveform_input
-        self.frontend = LogMelFrontend(**DCLS_AUDIO_FRONTEND, device=device, dtype=dtype) if waveform_input else None
+        self.num_mels = num_mels
+        self.frontend = LogMelFrontend(
+            **dict(DCLS_AUDIO_FRONTEND, n_mels=num_mels), device=device, dtype=dtype) if waveform_input else None
         stem_reduction = AUDIO_STEM_KERNEL[1]
         for i, info in enumerate(self.feature_info):
             info["reduction"] = stem_reduction * 2 ** i
@@ -90,8 +96,58 @@ class _AudioModelMixin(DclsModelMixin):
             dclsify(self, version=dcls_version, dilated_kernel_size=dcls_dilated_kernel_size,
                     kernel_count=dcls_kernel_count, conv_filter=conv_filter)
 
+    def downsampling_chain(self) -> list[nn.Module]:
+        """Layers that set the shortest input, in forward order: the stem and each stage's downsampling."""
+        chain = chain_layers(self.stem)
+        for stage in self.stages:
+            chain += chain_layers(getattr(stage, "downsample", None))
+        return chain
+
+    def min_frames(self) -> int:
+        """Fewest time frames (W) the model takes, derived from `downsampling_chain()`."""
+        return min_spatial_size(self.downsampling_chain())[1]
+
+    def min_samples(self) -> int:
+        """With `waveform_input`: the shortest clip, in samples, that gives `min_frames()` frames."""
+        if self.frontend is None:
+            raise ValueError("min_samples: this model takes log-mels (waveform_input=False); see min_frames()")
+        # The centred STFT gives 1 + samples // hop_length frames.
+        return max(self.frontend.min_samples, (self.min_frames() - 1) * self.frontend.hop_length)
+
+    def _input_owner(self) -> str:
+        cfg = getattr(self, "pretrained_cfg", None) or {}
+        return str(cfg.get("architecture") or type(self).__name__)
+
+    @torch.jit.unused
+    def check_input(self, x: torch.Tensor) -> None:
+        """One line unless `x` is what the model takes: a (B, 1, num_mels, T) log-mel with T >= `min_frames()`,
+        or with `waveform_input`, a (B, samples) waveform long enough for that many frames; in the model's dtype."""
+        if not input_checks_enabled():
+            return
+        what = self._input_owner()
+        dtype = self.stem.weight.dtype if isinstance(self.stem, nn.Conv2d) else next(self.parameters()).dtype
+        if self.frontend is not None:
+            check_waveform(x, min_samples=self.min_samples(), what=f"{what} (waveform_input=True, 32 kHz mono)")
+            check_input_dtype(x, dtype, what)
+            return
+        shape = f"(batch, {self.in_chans}, {self.num_mels} mel bins, time frames >= {self.min_frames()})"
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{what} takes a log-mel tensor {shape}, got {type(x).__name__}")
+        if x.dim() != 4 or x.shape[1] != self.in_chans:
+            hint = "; add the batch dimension with x.unsqueeze(0)" if x.dim() == 3 and x.shape[0] == 1 else ""
+            raise ValueError(f"{what} takes a log-mel {shape}, got shape {tuple(x.shape)}{hint}")
+        if x.shape[2] != self.num_mels:
+            hint = ("; time and mel axes look swapped: use x.transpose(2, 3)" if x.shape[3] == self.num_mels
+                    else f"; compute {self.num_mels} mel bins (dcls_zoo.layers.audio.DCLS_AUDIO_FRONTEND)")
+            raise ValueError(f"{what} takes a log-mel {shape} (mel on dim 2, time on dim 3), got shape "
+                             f"{tuple(x.shape)}{hint}")
+        if x.shape[3] < self.min_frames():
+            raise ValueError(f"{what} takes a log-mel {shape}, got {x.shape[3]} frames: pad the clip in time")
+        check_input_dtype(x, dtype, what)
+
     def forward_intermediates(self, x: torch.Tensor, *args: Any, **kwargs: Any):
-        """timm's `forward_intermediates`, after the front-end when there is one."""
+        """timm's `forward_intermediates`, after the input check and the front-end when there is one."""
+        self.check_input(x)
         if self.frontend is not None:
             x = self.frontend(x)
         return super().forward_intermediates(x, *args, **kwargs)
@@ -103,6 +159,7 @@ class ConvNeXtAudio(_AudioModelMixin, timm_convnext.ConvNeXt):
 
     Args (besides timm's ConvNeXt arguments):
         waveform_input: put the DCLS-Audio log-mel front-end in the model (input (B, samples) at 32 kHz).
+        num_mels: mel bins of the input (dim 2), 128 for the released models; other values train from scratch.
         dcls_version: None (dense 7x7 depthwise convs) or a DCLS version ('gauss' for the released models).
         dcls_dilated_kernel_size, dcls_kernel_count: DCLS grid side and elements per channel.
     """
@@ -110,6 +167,7 @@ class ConvNeXtAudio(_AudioModelMixin, timm_convnext.ConvNeXt):
     def __init__(
             self,
             waveform_input: bool = False,
+            num_mels: int = NUM_MEL_BINS,
             dcls_version: Optional[str] = None,
             dcls_dilated_kernel_size: int = 23,
             dcls_kernel_count: int = 26,
@@ -132,11 +190,13 @@ class ConvNeXtAudio(_AudioModelMixin, timm_convnext.ConvNeXt):
         )
         self.stem[0] = _audio_stem(in_chans, dims[0], bias=True, device=device, dtype=dtype)
         self._init_audio(
-            waveform_input, in_chans, dcls_version, dcls_dilated_kernel_size, dcls_kernel_count,
+            waveform_input, num_mels, in_chans, dcls_version, dcls_dilated_kernel_size, dcls_kernel_count,
             lambda name, conv: name.endswith(".conv_dw") and _is_dw7x7(name, conv), device, dtype,
         )
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            self.check_input(x)
         if self.frontend is not None:
             x = self.frontend(x)
         x = self.stem(x)
@@ -155,6 +215,7 @@ class MetaFormerAudio(_AudioModelMixin, timm_metaformer.MetaFormer):
     def __init__(
             self,
             waveform_input: bool = False,
+            num_mels: int = NUM_MEL_BINS,
             dcls_version: Optional[str] = None,
             dcls_dilated_kernel_size: int = 23,
             dcls_kernel_count: int = 26,
@@ -178,7 +239,7 @@ class MetaFormerAudio(_AudioModelMixin, timm_metaformer.MetaFormer):
         self.stem.conv = _audio_stem(in_chans, dims[0], bias=False, device=device, dtype=dtype)
         self._set_head_norm_eps()
         self._init_audio(
-            waveform_input, in_chans, dcls_version, dcls_dilated_kernel_size, dcls_kernel_count,
+            waveform_input, num_mels, in_chans, dcls_version, dcls_dilated_kernel_size, dcls_kernel_count,
             lambda name, conv: name.endswith(".token_mixer.dwconv") and _is_dw7x7(name, conv), device, dtype,
         )
 
@@ -194,6 +255,8 @@ class MetaFormerAudio(_AudioModelMixin, timm_metaformer.MetaFormer):
         self._set_head_norm_eps()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            self.check_input(x)
         if self.frontend is not None:
             x = self.frontend(x)
         x = self.stem(x)
@@ -216,12 +279,14 @@ class MetaFormerAudio(_AudioModelMixin, timm_metaformer.MetaFormer):
 class FastVitAudio(_AudioModelMixin, timm_fastvit.FastVit):
     """timm `FastVit` (SA24) whose stem is one Conv2d(1, 64, (2, 16), stride (2, 16), no bias), with optional
     DCLS on the 7x7 depthwise convs and waveform front-end. Arguments as `ConvNeXtAudio`, plus timm's FastVit
-    ones. Structural reparameterisation (`timm.utils.reparameterize_model`) of a DCLS model needs its `Dcls2d`
-    layers turned into dense convs (`Dcls2d.to_conv()`) first."""
+    ones. Structural reparameterisation (`timm.models.reparameterize_model`) works with DCLS too: the stage-4
+    positional encoding freezes its DCLS kernel into a dense conv before folding its identity branch in; the
+    ConvFFN DCLS layers stay as they are (or can be frozen first with `Dcls2d.to_conv()`)."""
 
     def __init__(
             self,
             waveform_input: bool = False,
+            num_mels: int = NUM_MEL_BINS,
             dcls_version: Optional[str] = None,
             dcls_dilated_kernel_size: int = 23,
             dcls_kernel_count: int = 26,
@@ -233,7 +298,7 @@ class FastVitAudio(_AudioModelMixin, timm_fastvit.FastVit):
             mlp_ratios: tuple[float, ...] = (4, 4, 4, 4),
             token_mixers: tuple[str, ...] = ("repmixer", "repmixer", "repmixer", "attention"),
             pos_embs: tuple[Any, ...] = (
-                None, None, None, partial(timm_fastvit.RepConditionalPosEnc, spatial_shape=(7, 7))),
+                None, None, None, partial(DclsRepConditionalPosEnc, spatial_shape=(7, 7))),
             drop_rate: float = 0.0,
             drop_path_rate: float = 0.0,
             device=None,
@@ -246,11 +311,13 @@ class FastVitAudio(_AudioModelMixin, timm_fastvit.FastVit):
         )
         self.stem = _audio_stem(in_chans, embed_dims[0], bias=False, device=device, dtype=dtype)
         self._init_audio(
-            waveform_input, in_chans, dcls_version, dcls_dilated_kernel_size, dcls_kernel_count, _is_dw7x7,
+            waveform_input, num_mels, in_chans, dcls_version, dcls_dilated_kernel_size, dcls_kernel_count, _is_dw7x7,
             device, dtype,
         )
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            self.check_input(x)
         if self.frontend is not None:
             x = self.frontend(x)
         x = self.stem(x)
@@ -292,16 +359,17 @@ def _create(model_cls: type, variant: str, pretrained: bool = False, **kwargs: A
     )
     if getattr(model, "waveform_input", False):
         model.pretrained_cfg = dict(model.pretrained_cfg, input_size=(1, 1, 10 * SAMPLE_RATE),
-                                    min_input_size=(1, 1, 127 * DCLS_AUDIO_FRONTEND["hop_length"]))  # 128 frames
+                                    min_input_size=(1, 1, model.min_samples()))
         model.default_cfg = model.pretrained_cfg
     return model
 
 
-def _cfg(url: str = "", pool_size: tuple[int, int] = (8, 8), **kwargs: Any) -> dict[str, Any]:
+def _cfg(url: str = "", pool_size: tuple[int, int] = (8, 8), min_frames: int = 16, **kwargs: Any) -> dict[str, Any]:
     return {
         "url": url, "num_classes": 527, "input_size": (1, NUM_MEL_BINS, NUM_FRAMES),
-        # (1, 128, 128) still leaves >= 1 x 1 after the last stage; timm's tests shrink inputs to it.
-        "min_input_size": (1, NUM_MEL_BINS, 128), "pool_size": pool_size,
+        # The fewest frames the architecture takes (`min_frames()`, checked against it by the tests); timm's
+        # tests shrink inputs to this size.
+        "min_input_size": (1, NUM_MEL_BINS, min_frames), "pool_size": pool_size,
         "mean": (0.0,), "std": (1.0,), "first_conv": "stem.0", "classifier": "head.fc",
         "label_names": AUDIOSET_LABELS,
         "license": "mit", "origin_url": "https://github.com/K-H-Ismail/DCLS-Audio",
@@ -315,11 +383,11 @@ _ZENODO = "https://zenodo.org/record/8370979/files/"
 _INPUT_NOTE = (
     "input: log-mel (1, 128 HTK mels, 1001 frames), (dB + 18.2696) / 30.5735; waveform_input=True for waveforms")
 default_cfgs = generate_default_cfgs({
-    "convnext_audio_tiny.as2m": _cfg(pool_size=(8, 7), notes=(
+    "convnext_audio_tiny.as2m": _cfg(pool_size=(8, 7), min_frames=128, notes=(
         "AudioSet mAP 44.83 +- 0.14 reported; no baseline checkpoint published (README links the DCLS file)",
         _INPUT_NOTE)),
     "dcls_convnext_audio_tiny.as2m": _cfg(
-        url=_ZENODO + "convnext_dcls_audio_tiny.pth", pool_size=(8, 7),
+        url=_ZENODO + "convnext_dcls_audio_tiny.pth", pool_size=(8, 7), min_frames=128,
         notes=("AudioSet mAP 45.52 +- 0.05 reported", "container keys: model, model_ema", _INPUT_NOTE)),
     "convformer_audio_s18.as2m": _cfg(
         url=_ZENODO + "convformer_audio_s18.pth", first_conv="stem.conv", classifier="head.fc.fc2",

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import convnext as timm_convnext
 from timm.models import generate_default_cfgs, register_model
 
 from ..layers import DclsModelMixin, dclsify
+from ..layers.input_checks import ImageInputMixin
 from ._builder import build_dcls_model, tied_checkpoint_filter
 
 __all__ = ["DclsConvNeXt"]
@@ -29,7 +31,7 @@ def _is_block_dwconv(name: str, conv) -> bool:
     return name.endswith(".conv_dw") and conv.groups == conv.in_channels == conv.out_channels
 
 
-class DclsConvNeXt(DclsModelMixin, timm_convnext.ConvNeXt):
+class DclsConvNeXt(DclsModelMixin, ImageInputMixin, timm_convnext.ConvNeXt):
     """timm `ConvNeXt` whose block depthwise convs are `Dcls2d` with positions tied per stage.
 
     Args (in addition to timm's ConvNeXt arguments):
@@ -83,6 +85,18 @@ class DclsConvNeXt(DclsModelMixin, timm_convnext.ConvNeXt):
             kernel_count=dcls_kernel_count, conv_filter=_is_block_dwconv,
         )
 
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        # timm's, written out (TorchScript has no super()), after the input check.
+        if not torch.jit.is_scripting():
+            self.check_input(x)
+        x = self.stem(x)
+        x = self.stages(x)
+        return self.norm_pre(x)
+
+    def forward_intermediates(self, x: torch.Tensor, *args: Any, **kwargs: Any):
+        """timm's `forward_intermediates`, after the input check."""
+        self.check_input(x)
+        return super().forward_intermediates(x, *args, **kwargs)
 
 
 @tied_checkpoint_filter

@@ -22,9 +22,11 @@ import torch
 import torch.nn as nn
 from timm.models import fastvit as timm_fastvit
 from timm.models import generate_default_cfgs, register_model
-from timm.models.fastvit import FastVit, RepConditionalPosEnc
+from timm.models.fastvit import FastVit
 
-from ..layers import DclsModelMixin, DclsNd, dclsify
+from ..layers import DclsModelMixin, dclsify
+from ..layers.input_checks import ImageInputMixin
+from ..layers.rep_pos_enc import DclsRepConditionalPosEnc
 from ._builder import build_dcls_model, tied_checkpoint_filter, unwrap_checkpoint
 
 __all__ = ["DclsFastVit", "DclsRepConditionalPosEnc", "checkpoint_filter_fn"]
@@ -35,20 +37,7 @@ def _is_7x7_depthwise(name: str, conv: nn.Conv2d) -> bool:
     return conv.groups == conv.in_channels == conv.out_channels and tuple(conv.kernel_size) == (7, 7)
 
 
-class DclsRepConditionalPosEnc(RepConditionalPosEnc):
-    """timm's RepCPE whose `reparameterize` also accepts a DCLS `pos_enc` (frozen to a dense conv first) or a
-    frozen one whose kernel is larger than the 7x7 it was built with."""
-
-    def reparameterize(self) -> None:
-        # The identity branch is folded into the kernel's centre, so the kernel must be dense and its size known
-        # (17x17 once frozen, whether here or earlier with `to_conv()`).
-        if isinstance(self.pos_enc, DclsNd):
-            self.pos_enc = self.pos_enc.to_conv()
-        self.spatial_shape = tuple(self.pos_enc.kernel_size)
-        super().reparameterize()
-
-
-class DclsFastVit(DclsModelMixin, FastVit):
+class DclsFastVit(DclsModelMixin, ImageInputMixin, FastVit):
     """timm's `FastVit` whose 7x7 depthwise convs are `Dcls2d` layers with per-stage shared positions.
 
     Args:
@@ -77,6 +66,25 @@ class DclsFastVit(DclsModelMixin, FastVit):
             kernel_count=dcls_kernel_count, conv_filter=_is_7x7_depthwise,
         )
 
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        # timm's, written out (TorchScript has no super()), after the input check.
+        if not torch.jit.is_scripting():
+            self.check_input(x)
+        x = self.stem(x)
+        outs = []
+        for idx, block in enumerate(self.stages):
+            x = block(x)
+            if self.fork_feat:
+                if idx in self.out_indices:
+                    outs.append(getattr(self, f"norm{idx}")(x))
+        if self.fork_feat:
+            return outs
+        return self.final_conv(x)
+
+    def forward_intermediates(self, x: torch.Tensor, *args: Any, **kwargs: Any):
+        """timm's `forward_intermediates`, after the input check."""
+        self.check_input(x)
+        return super().forward_intermediates(x, *args, **kwargs)
 
 
 @tied_checkpoint_filter

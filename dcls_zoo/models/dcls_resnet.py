@@ -16,9 +16,11 @@ from typing import Any
 import torch
 import torch.nn as nn
 from timm.models import generate_default_cfgs, register_model
+from timm.models._manipulate import checkpoint_seq
 from timm.models.resnet import Bottleneck, ResNet
 
 from ..layers import DclsModelMixin, dclsify
+from ..layers.input_checks import ImageInputMixin, chain_layers
 from ._builder import build_dcls_model, tied_checkpoint_filter, unwrap_checkpoint
 
 __all__ = ["DclsResNet", "checkpoint_filter_fn"]
@@ -29,7 +31,7 @@ def _is_3x3_conv(name: str, conv: nn.Conv2d) -> bool:
     return tuple(conv.kernel_size) == (3, 3)
 
 
-class DclsResNet(DclsModelMixin, ResNet):
+class DclsResNet(DclsModelMixin, ImageInputMixin, ResNet):
     """timm's `ResNet` whose 3x3 convs are `Dcls2d` layers with per-stage shared positions.
 
     Args:
@@ -54,6 +56,38 @@ class DclsResNet(DclsModelMixin, ResNet):
             self, version=dcls_version, dilated_kernel_size=dcls_dilated_kernel_size,
             kernel_count=dcls_kernel_count, conv_filter=_is_3x3_conv,
         )
+
+    def downsampling_chain(self) -> list[nn.Module]:
+        # stem conv(s) and max-pool, then each stage's first block (its shortcut runs in parallel, same stride)
+        chain = chain_layers(self.conv1) + chain_layers(self.maxpool)
+        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
+            first = next(iter(stage.children()), None)   # None: pruned away (prune_intermediate_layers)
+            if first is not None:
+                chain += [layer for name, child in first.named_children() if name.startswith("conv")
+                          for layer in chain_layers(child)]
+        return chain
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        # timm's, written out (TorchScript has no super()), after the input check.
+        if not torch.jit.is_scripting():
+            self.check_input(x)
+        x = self.conv1(x)
+        x = self.bn1(x)
+        x = self.act1(x)
+        x = self.maxpool(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq([self.layer1, self.layer2, self.layer3, self.layer4], x, flatten=True)
+        else:
+            x = self.layer1(x)
+            x = self.layer2(x)
+            x = self.layer3(x)
+            x = self.layer4(x)
+        return x
+
+    def forward_intermediates(self, x: torch.Tensor, *args: Any, **kwargs: Any):
+        """timm's `forward_intermediates`, after the input check."""
+        self.check_input(x)
+        return super().forward_intermediates(x, *args, **kwargs)
 
 
 

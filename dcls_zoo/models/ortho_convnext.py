@@ -15,12 +15,14 @@ import re
 from functools import partial
 from typing import Any
 
+import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import register_notrace_module
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models import convnext as timm_convnext
 
 from ..layers.activations import ACTIVATION_CLASSES, DEFAULT_DEGREES, activation_parameter_names
+from ..layers.input_checks import ImageInputMixin
 
 __all__ = ["OrthoConvNeXt"]
 
@@ -30,7 +32,7 @@ for _activation_cls in ACTIVATION_CLASSES.values():
     register_notrace_module(_activation_cls)
 
 
-class OrthoConvNeXt(timm_convnext.ConvNeXt):
+class OrthoConvNeXt(ImageInputMixin, timm_convnext.ConvNeXt):
     """timm `ConvNeXt` whose block-MLP activation is a learnable Hermite / Fourier / tropical function.
 
     Args (in addition to timm's ConvNeXt arguments, less `act_layer`):
@@ -83,6 +85,19 @@ class OrthoConvNeXt(timm_convnext.ConvNeXt):
         )
         self.activation = activation
         self.activation_degree = degree
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        # timm's, written out (TorchScript has no super()), after the input check.
+        if not torch.jit.is_scripting():
+            self.check_input(x)
+        x = self.stem(x)
+        x = self.stages(x)
+        return self.norm_pre(x)
+
+    def forward_intermediates(self, x: torch.Tensor, *args: Any, **kwargs: Any):
+        """timm's `forward_intermediates`, after the input check."""
+        self.check_input(x)
+        return super().forward_intermediates(x, *args, **kwargs)
 
     def no_weight_decay(self) -> set[str]:
         """Activation coefficients are trained without weight decay, as in the original recipe."""
