@@ -179,6 +179,48 @@ def test_pretrained_path_loads_original_checkpoint_and_rounds(tmp_path):
     assert torch.equal(model.forward_potentials(x), oracle(x.transpose(0, 1))[0].transpose(0, 1))
 
 
+@pytest.mark.parametrize("layout", ["ours", "original"])
+def test_pretrained_with_another_num_classes_replaces_the_whole_head_and_warns_once(tmp_path, caplog, layout):
+    torch.manual_seed(0)
+    if layout == "ours":
+        source = timm.create_model("snn_delays_shd", hidden_sizes=(16, 16))
+        state = source.state_dict()
+        body = {k: v for k, v in state.items() if k.startswith("blocks.")}
+    else:
+        oracle, source = _pair(hidden=(16, 16))
+        state = oracle.state_dict()
+        body = None
+    path = tmp_path / "ckpt.pth"
+    torch.save(state, path)
+    with caplog.at_level("WARNING"):
+        model = timm.create_model("snn_delays_shd", pretrained=True, hidden_sizes=(16, 16), num_classes=5,
+                                  pretrained_cfg_overlay=dict(file=str(path)))
+    replaced = [r for r in caplog.records if "randomly initialised head of 5 classes" in r.getMessage()]
+    assert len(replaced) == 1 and "has 20 classes" in replaced[0].getMessage()
+    assert not [r for r in caplog.records if "Unexpected keys" in r.getMessage()]
+    head = model.head.delay
+    assert head.weight.shape == head.P.shape[1:3] + (1,) == (5, 16, 1) and head.SIG.shape == (1, 5, 16, 1)
+    # the new head's delays are initialised like any new read-out (SIG at its initial width, P on the grid), then
+    # follow the body: the authors' checkpoints are put in their inference mode (rounded delays), head included
+    assert head.P.abs().max() <= 12 and not head.SIG.requires_grad
+    if layout == "ours":
+        assert torch.all(head.SIG == model.sigma_init) and not bool(head.rounded)
+    else:
+        assert torch.all(head.SIG == 0) and bool(head.rounded) and torch.equal(head.P, head.P.round())
+    if body is not None:
+        for key, value in body.items():
+            assert torch.equal(model.state_dict()[key], value), key
+    with torch.no_grad():
+        assert model.eval()(_spikes(seed=8)).shape[-1] == 5
+    # num_classes=0: no read-out at all, nothing left over
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        bare = timm.create_model("snn_delays_shd", pretrained=True, hidden_sizes=(16, 16), num_classes=0,
+                                 pretrained_cfg_overlay=dict(file=str(path)))
+    assert isinstance(bare.head, nn.Identity)
+    assert not [r for r in caplog.records if "Unexpected keys" in r.getMessage()]
+
+
 def test_own_saved_folder_reloads_as_saved(tmp_path):
     from dcls_zoo.hub import save_folder
 
@@ -267,7 +309,7 @@ def test_timm_contract_pieces():
     assert model(x).shape == (2, 5)
     model.reset_classifier(0)
     assert model(x).shape == (2, 8)
-    with pytest.raises(ValueError, match=r"input \(batch, time, 140\)"):
+    with pytest.raises(ValueError, match=r"takes spikes \(batch, time, 140\) .* got shape \(2, 10, 700\)"):
         model(torch.zeros(2, 10, 700))
     with pytest.raises(ValueError, match="in_chans must be 1"):
         timm.create_model("snn_delays_shd", in_chans=3)

@@ -45,6 +45,7 @@ from timm.models._features import feature_take_indices
 from torch.utils.checkpoint import checkpoint
 
 from ..layers.dcls import Dcls1d, DclsModelMixin, clamp_dcls_parameters, enable_position_clamp
+from ..layers.input_checks import autocast_accepts
 from ..layers.spiking import LIFNeuron, TimeSharedDropout
 from ._builder import build_dcls_model, tied_checkpoint_filter
 
@@ -152,7 +153,7 @@ class SpikingDelayBlock(nn.Module):
         t, b = x.shape[:2]
         # BatchNorm over T'*B samples per channel (the multi-step BatchNorm of the original), on the same
         # (T'*B, C, 1) layout so the batch statistics are reduced in the same order.
-        x = self.norm(x.flatten(0, 1).unsqueeze(-1)).reshape(t, b, -1)
+        x = self.norm(x.flatten(0, 1).unsqueeze(-1)).reshape(t, b, self.norm.num_features)
         return self.drop(self.lif(x))
 
 
@@ -299,15 +300,41 @@ class SnnDelays(DclsModelMixin, nn.Module):
 
 
     # -------------------------------------------------------------------------------------------------- forward
-    def _time_major(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T, F) or (B, 1, T, F) -> (T, B, F), the simulators' layout (a view, no copy)."""
+    def _input_owner(self) -> str:
+        cfg = getattr(self, "pretrained_cfg", None) or {}
+        return str(cfg.get("architecture") or type(self).__name__)
+
+    def _check_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The input as (B, T, F) in the model's dtype, or one line saying what the model takes.
+
+        Spike counts often come as bool or integer tensors (event-camera / spikingjelly frames): those are
+        converted exactly (counts < 2**24 in float32). Floating-point input must already have the model's dtype
+        (no silent precision change) and be finite: NaN would otherwise come out as finite class scores, since a
+        NaN membrane potential never crosses the threshold.
+        """
+        expected = (f"spikes (batch, time, {self.num_inputs}) or (batch, 1, time, {self.num_inputs}) in the model's "
+                    f"dtype ({self.blocks[0].delay.weight.dtype}; bool / integer counts are converted)")
+        what = self._input_owner()
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{what} takes {expected}, got {type(x).__name__}")
         if x.dim() == 4 and x.shape[1] == 1:
             x = x[:, 0]
-        if x.dim() != 3 or x.shape[-1] != self.num_inputs:
-            raise ValueError(
-                f"SnnDelays expects input (batch, time, {self.num_inputs}) or (batch, 1, time, {self.num_inputs}), "
-                f"got shape {tuple(x.shape)}")
-        return x.transpose(0, 1)
+        if x.dim() != 3 or x.shape[-1] != self.num_inputs or x.shape[1] == 0:
+            raise ValueError(f"{what} takes {expected}, got shape {tuple(x.shape)}"
+                             + ("; add the batch dimension with x.unsqueeze(0)" if x.dim() == 2 else ""))
+        dtype = self.blocks[0].delay.weight.dtype
+        if x.dtype == torch.bool or not (x.is_floating_point() or x.is_complex()):
+            return x.to(dtype)
+        if x.dtype != dtype and not autocast_accepts(x, dtype):
+            raise TypeError(f"{what} takes {expected}, got {x.dtype}: pass x.to({dtype}) or convert the model "
+                            f"(model.to({x.dtype}))")
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f"{what} takes finite spike counts, got NaN or infinite values in the input")
+        return x
+
+    def _time_major(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, F) or (B, 1, T, F) -> (T, B, F), the simulators' layout (a view for input in the model's dtype)."""
+        return self._check_input(x).transpose(0, 1)
 
     def _run_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if self.grad_checkpointing and not torch.jit.is_scripting():
@@ -536,7 +563,23 @@ def checkpoint_filter_fn(state_dict: dict, model: SnnDelays) -> dict:
     for name, buf in model.named_buffers():
         if name.endswith(".rounded"):
             out.setdefault(name, torch.zeros_like(buf))
+    _drop_replaced_head_delays(out, model)
     return out
+
+
+def _drop_replaced_head_delays(state_dict: dict, model: SnnDelays) -> None:
+    """Fine-tuning to another num_classes: timm's loader drops the read-out's `weight` (the cfg's classifier) but
+    not its delay positions and widths, whose shapes follow the classes too; the new head keeps its own
+    initialisation of all three. (`head.delay.weight` stays for timm to drop, and for the replaced-head warning.)"""
+    weight = state_dict.get("head.delay.weight")
+    head = model.head.delay.weight if isinstance(model.head, DelayReadout) else None
+    if weight is None or (head is not None and weight.shape == head.shape):
+        return
+    for key in ("head.delay.P", "head.delay.SIG"):
+        state_dict.pop(key, None)
+    if head is None:   # num_classes=0: no read-out at all
+        for key in [k for k in state_dict if k.startswith("head.") and k != "head.delay.weight"]:
+            del state_dict[key]
 
 
 def _create_snn_delays(variant: str, pretrained: bool = False, **kwargs: Any) -> SnnDelays:
@@ -545,6 +588,9 @@ def _create_snn_delays(variant: str, pretrained: bool = False, **kwargs: Any) ->
     def filter_fn(state_dict: dict, model: SnnDelays) -> dict:
         loaded_original_layout.append(any(k.startswith("model.") for k in state_dict))
         return checkpoint_filter_fn(state_dict, model)
+
+    # checkpoint_filter_fn already restores tied entries and announces a replaced head: not a second time.
+    filter_fn.handles_tied_entries = True
 
     model = build_dcls_model(
         SnnDelays, variant, pretrained,
