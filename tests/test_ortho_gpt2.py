@@ -346,6 +346,63 @@ def test_nanogpt_legacy_hermite_and_errors(tmp_path):
                                    activation_scheme="legacy").config.activation == "hermite"
 
 
+@pytest.fixture(scope="module")
+def torchortho_0_1_1():
+    """torchortho 0.1.1 (the legacy scheme's origin), fetched from PyPI at test time and imported on the side."""
+    import importlib
+
+    from third_party_fetch import fetch_wheel
+
+    root = str(fetch_wheel("torchortho", "0.1.1"))   # FetchError (no index) fails the test
+    installed = {k: sys.modules.pop(k) for k in list(sys.modules) if k.split(".")[0] == "torchortho"}
+    sys.path.insert(0, root)
+    try:
+        legacy = importlib.import_module("torchortho")
+        assert legacy.__file__.startswith(root)
+    finally:
+        sys.path.remove(root)
+        for k in [k for k in sys.modules if k.split(".")[0] == "torchortho"]:
+            del sys.modules[k]
+        sys.modules.update(installed)
+    return legacy
+
+
+def _legacy_numba_hermite(torchortho_0_1_1, seed):
+    # use_numba=True adds 0.1.1's `normalization_term` (sqrt(k!)) next to `coeffs`; on CPU it runs the torch path
+    act = torchortho_0_1_1.HermiteActivation(3, use_numba=True)
+    with torch.no_grad():
+        act.coefficients.add_(0.1 * torch.randn(act.coefficients.shape, generator=torch.Generator().manual_seed(seed)))
+    return act
+
+
+def test_legacy_hermite_state_dict_with_normalization_term_loads_as_legacy(torchortho_0_1_1):
+    ref = _legacy_numba_hermite(torchortho_0_1_1, seed=0)
+    assert {"normalization_term", "coeffs", "grid"} <= set(ref.state_dict())
+    ours = HermiteActivation(3, scheme="legacy")
+    ours.load_state_dict(ref.state_dict())   # all buffers together say 'legacy'
+    x = torch.linspace(-3, 3, 101)
+    torch.testing.assert_close(ours(x), ref(x), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="checkpoint uses the 'legacy' Hermite basis .* build it with scheme='legacy'"):
+        HermiteActivation(3).load_state_dict(ref.state_dict())
+    # and a 0.1.2 numba-path state dict (normalization_term = k!) still loads as the default scheme
+    HermiteActivation(3).load_state_dict(torchortho.HermiteActivation(3, use_numba=True).state_dict())
+
+
+def test_nanogpt_activation_argument_keeps_scheme_detection(torchortho_0_1_1):
+    torch.manual_seed(2)
+    nano = _NanoGPT(61, 32, 16, 2, 2, False, lambda: _legacy_numba_hermite(torchortho_0_1_1, seed=3)).eval()
+    checkpoint = {"model": nano.state_dict(), "model_args": {"n_head": 2}}
+    for kwargs in ({}, {"activation": "hermite"}, {"activation": "hermite", "activation_scheme": "legacy"}):
+        model = load_nanogpt_checkpoint(checkpoint, **kwargs)
+        assert (model.config.activation, model.config.activation_degree, model.config.activation_scheme) == (
+            "hermite", 3, "legacy"), kwargs
+        with torch.no_grad():
+            torch.testing.assert_close(model(_ids()).logits, nano(_ids()), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="activation_scheme='default', but the checkpoint's torchortho buffers are "
+                                         "the 'legacy' scheme's"):
+        load_nanogpt_checkpoint(checkpoint, activation="hermite", activation_scheme="default")
+
+
 def test_activation_parameters_for_optimizer_groups():
     model = OrthoGPT2LMHeadModel(OrthoGPT2Config(activation="hermite", **TINY))
     names = model.activation_parameter_names()

@@ -13,9 +13,11 @@ evaluation is different:
 * tropical activations are convex piecewise-linear, so their upper envelope is computed once per call on the
   ``degree+1`` lines and each element is only compared with its few breakpoints;
 * on CPU the functions walk the data in cache-sized pieces, so their elementwise passes stay in L2;
-* ``compiled=True`` (or ``set_compiled_activations(True)``, or ``DCLS_ZOO_COMPILED_ACTIVATIONS=1``) runs each
-  activation as two ``torch.compile``'d kernels, one pass over the data each way, with float32 sine/cosine
-  polynomials: needed for Fourier and TropicalRational to come near GELU's speed (see "Compiled kernels");
+* by default (``compiled=None``) each activation runs as two ``torch.compile``'d kernels, one pass over the data
+  each way, with float32 sine/cosine polynomials, wherever ``torch.compile`` works (checked once per device type
+  at first use; otherwise one warning and the eager functions): needed for Fourier and TropicalRational to come
+  near GELU's speed (see "Compiled kernels"). ``compiled=False``, ``set_compiled_activations(False)`` or
+  ``DCLS_ZOO_COMPILED_ACTIVATIONS=0`` selects the eager functions, ``=1`` / ``True`` forces the kernels;
 * the output has the input's dtype (bf16 in, bf16 out); parameters keep their own dtype and get their
   gradients in it;
 * the derivative is right everywhere, ``x = 0`` included (torchortho's Hermite drops the ``He_1`` term there
@@ -36,6 +38,7 @@ modeling file so that a saved GPT-2 variant loads with ``trust_remote_code=True`
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import os
 from typing import Callable, Sequence
@@ -338,10 +341,13 @@ class _OrthoActivation(nn.Module):
 
     def _use_compiled(self, x: torch.Tensor) -> bool:
         """``compiled`` (or the global default when None), for tensors with data."""
+        if x.numel() == 0 or x.is_meta:
+            return False
         compiled = getattr(self, "compiled", None)
         if compiled is None:
-            compiled = compiled_activations()
-        return compiled and x.numel() > 0 and not x.is_meta
+            # the default never compiles under torch.jit.trace (the trace records the eager ops instead)
+            compiled = not torch.jit.is_tracing() and compiled_activations(x.device.type)
+        return compiled
 
     def _constant(self, name: str, values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
         """A small constant tensor on ``like``'s device and dtype, made once."""
@@ -442,7 +448,9 @@ class HermiteActivation(_OrthoActivation):
         return value, deriv
 
     def _check_reference_buffer(self, name, value):
-        found = reference_scheme({name: value})
+        # Only `coeffs` tells the basis: torchortho's numba-path `normalization_term` (k!) exists in both versions,
+        # and alone it would read as Fourier's 0.1.2 buffer.
+        found = reference_scheme({name: value}) if name == "coeffs" else None
         if found is not None and found != self.scheme:
             raise ValueError(f"checkpoint uses the {found!r} Hermite basis but this HermiteActivation has "
                              f"scheme={self.scheme!r}; build it with scheme={found!r}")
@@ -520,6 +528,10 @@ class _FourierFunction(torch.autograd.Function):
         return grad_x, grad_f, grad_phi, grad_c, grad_w, None
 
 
+# 1/33! = 1.15e-37 is float32's last normal 1/k! (smallest normal 1.18e-38): higher terms would be subnormal or 0
+_FOURIER_MAX_DEGREE = 33
+
+
 class FourierActivation(_OrthoActivation):
     """``y = fundamental + sum_{k=1..degree} coefficients_k cos(grid_k x - phases_k) / k!``; all learnable.
 
@@ -543,6 +555,10 @@ class FourierActivation(_OrthoActivation):
             dtype=None,
     ):
         super().__init__(degree, scheme, compiled)
+        if self.scheme == "default" and degree > _FOURIER_MAX_DEGREE:
+            raise ValueError(f"FourierActivation: degree must be <= {_FOURIER_MAX_DEGREE} with scheme='default', got "
+                             f"{degree}: term k is scaled by 1/k!, below float32's smallest normal number from "
+                             f"k = {_FOURIER_MAX_DEGREE + 1} on (use scheme='legacy' for more terms)")
         dd = {"device": device, "dtype": dtype}
         self.fundamental = nn.Parameter(torch.empty(1, **dd), requires_grad=requires_grad)
         self.phases = nn.Parameter(torch.empty(degree, **dd), requires_grad=requires_grad)
@@ -848,7 +864,7 @@ class TropicalRationalActivation(_OrthoActivation):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Compiled kernels (opt-in)
+# Compiled kernels (the default where torch.compile works)
 # ----------------------------------------------------------------------------------------------------------------
 #
 # The eager functions above make one pass over the data per elementwise op. Fourier needs 15 full sine/cosine
@@ -862,6 +878,8 @@ class TropicalRationalActivation(_OrthoActivation):
 
 _COMPILED_ENV = "DCLS_ZOO_COMPILED_ACTIVATIONS"
 _compiled_default: bool | None = None  # set_compiled_activations(); None: read the environment variable
+_compiler_works: dict[str, bool] = {}  # device type -> whether torch.compile built and ran a probe kernel there
+_logger = logging.getLogger(__name__)
 
 
 def set_compiled_activations(enabled: bool) -> None:
@@ -872,15 +890,36 @@ def set_compiled_activations(enabled: bool) -> None:
     _compiled_default = enabled
 
 
-def compiled_activations() -> bool:
-    """Whether activations with ``compiled=None`` use compiled kernels: ``set_compiled_activations`` if called,
-    else the environment variable ``DCLS_ZOO_COMPILED_ACTIVATIONS`` (``1``/``0``), else False."""
+def compiled_activations(device_type: str = "cpu") -> bool:
+    """Whether activations with ``compiled=None`` use compiled kernels on ``device_type``:
+    ``set_compiled_activations`` if called, else the environment variable ``DCLS_ZOO_COMPILED_ACTIVATIONS``
+    (``1``/``0``), else whether ``torch.compile`` works on that device (CPU and CUDA only; checked once, at first
+    use, by building a one-line kernel: a missing C++ compiler or Triton logs one warning and selects eager)."""
     if _compiled_default is not None:
         return _compiled_default
-    value = os.environ.get(_COMPILED_ENV, "0").strip().lower()
+    value = os.environ.get(_COMPILED_ENV, "").strip().lower()
     if value not in ("0", "1", "true", "false", ""):
         raise ValueError(f"{_COMPILED_ENV} must be 1 or 0, got {value!r}")
-    return value in ("1", "true")
+    if value:
+        return value in ("1", "true")
+    return _torch_compile_works(device_type)
+
+
+def _torch_compile_works(device_type: str) -> bool:
+    if device_type not in ("cpu", "cuda"):
+        return False
+    works = _compiler_works.get(device_type)
+    if works is None:
+        try:
+            probe = torch.compile(lambda t: t * 2.0 + 1.0, dynamic=False)
+            works = bool(probe(torch.ones(8, device=device_type)).eq(3.0).all())
+        except Exception as error:  # whatever the toolchain raises (missing compiler, Triton, write access)
+            works = False
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            _logger.warning("dcls_zoo activations: torch.compile does not work on %s (%s); using the eager "
+                            "functions (set %s=0 to skip this check)", device_type, reason[:200], _COMPILED_ENV)
+        _compiler_works[device_type] = works
+    return works
 
 
 def _check_compiled(compiled) -> bool | None:

@@ -36,8 +36,18 @@ def _strip_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     return out
 
 
+# the key whose size gives the degree (size - 1; Fourier: size)
+_DEGREE_FROM_KEY = {"hermite": "coefficients", "tropical": "coefficients", "fourier": "phases",
+                    "tropical_rational": "powers_num"}
+
+
+def _activation_entries(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The first block's activation tensors, by their torchortho names."""
+    return {k.split(".mlp.act.", 1)[1]: v for k, v in state_dict.items() if k.startswith("transformer.h.0.mlp.act.")}
+
+
 def _detect_activation(state_dict: dict[str, torch.Tensor]) -> tuple[str, int | None, str | None]:
-    act = {k.split(".mlp.act.", 1)[1]: v for k, v in state_dict.items() if k.startswith("transformer.h.0.mlp.act.")}
+    act = _activation_entries(state_dict)
     if not act:
         return "gelu", None, None
     scheme = reference_scheme(act)
@@ -75,7 +85,18 @@ def convert_nanogpt_state_dict(
     vocab_size, n_embd = state_dict["transformer.wte.weight"].shape
     n_layer = 1 + max(int(m.group(1)) for k in state_dict if (m := re.match(r"transformer\.h\.(\d+)\.", k)))
     if "activation" in config_overrides:
-        activation, degree, scheme = config_overrides["activation"], None, None
+        # The activation named by the caller; its scheme still comes from torchortho's buffers when they are
+        # there (a legacy checkpoint must not load as the default scheme), its degree from the coefficients.
+        activation = config_overrides["activation"]
+        act = _activation_entries(state_dict)
+        scheme = reference_scheme(act)
+        degree = _DEGREE_FROM_KEY.get(activation)
+        degree = act[degree].numel() - (activation != "fourier") if degree in act else None
+        requested = config_overrides.get("activation_scheme")
+        if scheme is not None and requested is not None and requested != scheme:
+            raise ValueError(
+                f"activation_scheme={requested!r}, but the checkpoint's torchortho buffers are the {scheme!r} "
+                f"scheme's; drop activation_scheme= (it is detected) or pass activation_scheme={scheme!r}")
     else:
         activation, degree, scheme = _detect_activation(state_dict)
     dropout = float(model_args.get("dropout", 0.0))

@@ -14,8 +14,11 @@ import inspect
 import os
 import shutil
 
+import torch
 from torch import nn
 from transformers import initialization as init
+from transformers.cache_utils import Cache
+from transformers.utils.deprecation import deprecate_kwarg
 from transformers.models.gpt2.modeling_gpt2 import (
     GPT2ForSequenceClassification,
     GPT2LMHeadModel,
@@ -83,6 +86,60 @@ class OrthoGPT2Model(OrthoGPT2PreTrainedModel, GPT2Model):
         super().__init__(config)
         # built with fresh, correctly initialised coefficients; `_init_weights` covers from_pretrained's meta path
         _swap_activations(config, self)
+
+    # as GPT2Model.forward: an old `past_key_values=` becomes `cache=` (with transformers' warning) before the check
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ):
+        """GPT-2's forward, after checking what would otherwise fail deep inside it (an embedding index error, a
+        CUDA device-side assert) or silently run past the position table."""
+        if not torch.compiler.is_compiling():
+            self._check_inputs(input_ids, inputs_embeds, position_ids, cache)
+        return super().forward(
+            input_ids=input_ids, cache=cache, attention_mask=attention_mask, token_type_ids=token_type_ids,
+            position_ids=position_ids, inputs_embeds=inputs_embeds, encoder_hidden_states=encoder_hidden_states,
+            encoder_attention_mask=encoder_attention_mask, use_cache=use_cache, **kwargs,
+        )
+
+    def _check_inputs(self, input_ids, inputs_embeds, position_ids, cache) -> None:
+        tokens = input_ids if input_ids is not None else inputs_embeds
+        if tokens is None:
+            return  # GPT-2 raises its own error
+        length = tokens.shape[-1] if input_ids is not None else tokens.shape[-2]
+        if length == 0:
+            name = "input_ids" if input_ids is not None else "inputs_embeds"
+            raise ValueError(f"{name} holds an empty sequence (shape {tuple(tokens.shape)}): pass at least one token")
+        if input_ids is not None and input_ids.numel() and not input_ids.is_floating_point():
+            vocab = self.wte.num_embeddings
+            low, high = int(input_ids.min()), int(input_ids.max())
+            if low < 0 or high >= vocab:
+                raise ValueError(
+                    f"input_ids must be token ids in [0, {vocab}) (the model's vocabulary, config.vocab_size), got "
+                    f"ids from {low} to {high}: check the tokenizer matches the model")
+        n_positions = self.wpe.num_embeddings
+        if position_ids is not None:
+            if position_ids.numel() and (int(position_ids.max()) >= n_positions or int(position_ids.min()) < 0):
+                raise ValueError(
+                    f"position_ids must be in [0, {n_positions}) (config.n_positions), got "
+                    f"{int(position_ids.min())} to {int(position_ids.max())}")
+            return
+        past = cache.get_seq_length() if hasattr(cache, "get_seq_length") else 0
+        if past + length > n_positions:
+            raise ValueError(
+                f"sequence of {past + length} tokens ({past} cached + {length} new) is longer than the "
+                f"{n_positions} positions this model has (config.n_positions): truncate it, e.g. the tokenizer's "
+                f"truncation=True, max_length={n_positions}")
 
 
 class OrthoGPT2LMHeadModel(OrthoGPT2PreTrainedModel, GPT2LMHeadModel):
