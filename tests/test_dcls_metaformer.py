@@ -147,3 +147,52 @@ def test_dcls_config_and_unknown_args():
         "gauss", (23, 23), 26, (2, 128, 1, 26))
     with pytest.raises(TypeError, match="not_an_arg"):
         timm.create_model("dcls_convformer_s18", not_an_arg=1)
+
+
+def test_gauss_convformer_matches_the_original_recipe_and_has_no_published_weights():
+    """dcls_gauss_convformer_s18 (arXiv 2306.00817): Gaussian DCLS 23/26 on every SepConv depthwise conv."""
+    model = timm.create_model("dcls_gauss_convformer_s18").eval()
+    # the 18 depthwise convs lose (49 - 26) weights per channel, each stage gains one shared P and SIG (2, C, 1, 26):
+    # the same -16,640 as the DCLS-Audio ConvFormer's 25,797,847 -> 25,781,207 (reference table)
+    baseline = sum(p.numel() for p in timm.create_model("convformer_s18").parameters())
+    assert baseline == 26_774_448
+    assert sum(p.numel() for p in model.parameters()) == baseline - (25_797_847 - 25_781_207) == 26_757_808
+    groups = shared_parameter_groups(model)   # one P and one SIG per stage
+    assert sorted(len(g) for g in groups) == sorted([3, 3, 9, 3] * 2)
+    assert {n.rsplit(".", 1)[1] for g in groups for n in g} == {"P", "SIG"}
+    assert {type(m).__name__ for n, m in model.named_modules() if n.endswith("token_mixer.dwconv")} == {"Dcls2d"}
+
+    # parity with the original recipe on the dcls 0.1.1 oracle, at small widths (same layers, same recipe)
+    small = dict(depths=(1, 2, 1, 1), dims=(16, 32, 48, 64))
+    model = timm.create_model("dcls_gauss_convformer_s18", **small).eval()
+    reference = original_replace_dcls(timm_metaformer.MetaFormer(
+        **small, token_mixers=timm_metaformer.SepConv, norm_layers=timm_metaformer.LayerNorm2dNoBias),
+        "gauss", 23, 26)
+    reference.head.fc.norm.eps = 1e-5
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for pname, p in reference.named_parameters():
+            if pname.endswith(".P"):
+                p.uniform_(-11, 11)
+            elif pname.endswith(".SIG"):
+                p.uniform_(0.3, 3.0)
+            elif p.ndim == 1:
+                p.add_(torch.randn_like(p) * 0.05)
+    model.load_state_dict(checkpoint_filter_fn(reference.eval().state_dict(), model))
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = reference(x)
+        assert expected.abs().max() > 1e-2
+        torch.testing.assert_close(model(x), expected, rtol=0, atol=1e-5)
+
+    cfg = model.pretrained_cfg
+    assert not cfg.get("url") and not cfg.get("hf_hub_id") and not timm.list_pretrained("dcls_gauss_convformer*")
+    assert cfg["paper_ids"] == "arXiv:2306.00817" and cfg["license"] == "mit"
+    assert any(note.startswith("no published weights") for note in cfg["notes"])
+    with pytest.raises(RuntimeError, match="No pretrained weights exist for dcls_gauss_convformer_s18"):
+        timm.create_model("dcls_gauss_convformer_s18", pretrained=True)
+    from dcls_zoo.hub.cards import model_card
+
+    card = str(model_card("dcls_gauss_convformer_s18"))
+    assert "- **Weights:** no published weights" in card and "http" not in card.split("## ")[1]
+    assert "- **Parameters:** 26,757,808 " in card and "gauss" in card

@@ -395,6 +395,9 @@ def model_card(name: str, model: Optional[nn.Module] = None, org: str = HUB_ORG)
             f"- **Input size:** {tuple(cfg.get('input_size', ()))}",
             f"- **Classes:** {getattr(model, 'num_classes', cfg.get('num_classes'))}",
         ]
+        if not (cfg.get("url") or cfg.get("hf_hub_id") or cfg.get("file")):
+            lines += ["- **Weights:** no published weights (the authors released no checkpoint for this "
+                      "architecture; `pretrained=True` is refused)"]
     else:
         lines += [f"- **Model type:** `{model.config.model_type}` (transformers, registered by `import dcls_zoo`)",
                   f"- **Parameters:** {unique_parameter_count(model):,}"]

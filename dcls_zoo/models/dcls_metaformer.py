@@ -21,16 +21,18 @@ from typing import Any
 import torch
 from timm.models import generate_default_cfgs, register_model
 from timm.models import metaformer as timm_metaformer
+from timm.models._manipulate import checkpoint_seq
 from timm.models.metaformer import MetaFormer, MlpHead
 
 from ..layers import DclsModelMixin, dclsify
+from ..layers.input_checks import ImageInputMixin
 from ._builder import build_dcls_model, tied_checkpoint_filter, unwrap_checkpoint, with_every_shared_copy
 
 __all__ = ["DclsMetaFormer", "checkpoint_filter_fn"]
 
 
 
-class DclsMetaFormer(DclsModelMixin, MetaFormer):
+class DclsMetaFormer(DclsModelMixin, ImageInputMixin, MetaFormer):
     """timm's `MetaFormer` whose depthwise token-mixer convs are `Dcls2d` layers with per-stage shared positions.
 
     Args:
@@ -70,6 +72,20 @@ class DclsMetaFormer(DclsModelMixin, MetaFormer):
     ) -> None:
         super().reset_classifier(num_classes, global_pool, reset_other=reset_other, device=device, dtype=dtype)
         self._set_head_norm_eps()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        # timm's, written out (TorchScript has no super()), after the input check.
+        if not torch.jit.is_scripting():
+            self.check_input(x)
+        x = self.stem(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(self.stages, x)
+        return self.stages(x)
+
+    def forward_intermediates(self, x: torch.Tensor, *args: Any, **kwargs: Any):
+        """timm's `forward_intermediates`, after the input check."""
+        self.check_input(x)
+        return super().forward_intermediates(x, *args, **kwargs)
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
@@ -141,6 +157,15 @@ default_cfgs = generate_default_cfgs({
         url=_ZENODO + "caformer_s18_v1_17lim_34el_seed0.pth.tar",
         notes=("timm train.py container, EMA weights under 'state_dict_ema'; DCLS v1, 17x17 grid, 34 elements",),
     ),
+    # Gaussian DCLS (arXiv 2306.00817): the paper reports ConvFormer-S18 with Gaussian interpolation, but no
+    # checkpoint is published (DCLS-Audio's `convformer_dcls_gauss_s18` cfg has an empty URL).
+    "dcls_gauss_convformer_s18": _cfg(
+        license="mit", paper_ids="arXiv:2306.00817",
+        paper_name="Dilated Convolution with Learnable Spacings: beyond bilinear interpolation",
+        origin_url="https://github.com/K-H-Ismail/Dilated-Convolution-with-Learnable-Spacings-PyTorch",
+        notes=("no published weights: train it, or start from dcls_convformer_s18.bilinear_in1k",
+               "DCLS gauss, 23x23 grid, 26 elements"),
+    ),
 })
 
 
@@ -163,3 +188,14 @@ def dcls_caformer_s18(pretrained: bool = False, **kwargs: Any) -> DclsMetaFormer
         dcls_version="v1", dcls_dilated_kernel_size=17, dcls_kernel_count=34,
     )
     return _create_dcls_metaformer("dcls_caformer_s18", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def dcls_gauss_convformer_s18(pretrained: bool = False, **kwargs: Any) -> DclsMetaFormer:
+    # ConvFormer-S18 with Gaussian DCLS on every SepConv depthwise conv, as the paper's ImageNet-1k model
+    model_args = dict(
+        depths=(3, 3, 9, 3), dims=(64, 128, 320, 512), token_mixers=timm_metaformer.SepConv,
+        norm_layers=timm_metaformer.LayerNorm2dNoBias,
+        dcls_version="gauss", dcls_dilated_kernel_size=23, dcls_kernel_count=26,
+    )
+    return _create_dcls_metaformer("dcls_gauss_convformer_s18", pretrained=pretrained, **dict(model_args, **kwargs))
