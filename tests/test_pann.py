@@ -235,6 +235,8 @@ def test_timm_contract_features_heads_and_bad_input():
         timm.create_model("pann_cnn6", in_chans=3)
     with pytest.raises(ValueError, match=r"block_type must be one of \('conv5', 'conv3', 'dsc', 'dsc_pw', 'next'\)"):
         timm.create_model("pann_cnn6", block_type="conv7")
+    with pytest.raises(ValueError, match=r"7 blocks with 7 poolings need at least 128 mel bins, the front-end has 64"):
+        timm.create_model("pann_cnn6", widths=(4,) * 7, pools=(True,) * 7)
     with pytest.raises(TypeError):
         timm.create_model("pann_cnn6", not_a_model_arg=1)
 

@@ -179,6 +179,9 @@ class PANN(nn.Module):
             self.feature_info.append(dict(num_chs=out_chs, reduction=stride, module=f"blocks.{i}"))
             in_chs = out_chs
         self.blocks = nn.Sequential(*blocks)
+        if self._min_frames() > self.frontend.n_mels:  # the mel axis is fixed: no clip length would help
+            raise ValueError(f"{len(widths)} blocks with {sum(pools)} poolings need at least {self._min_frames()} mel "
+                             f"bins, the front-end has {self.frontend.n_mels}; use fewer pooling blocks")
         self.num_features = widths[-1]
         self.head_hidden_size = embed_dim or widths[-1]
         self.global_pool_type = global_pool
@@ -218,17 +221,15 @@ class PANN(nn.Module):
     def sample_rate(self) -> int:
         return self.frontend.sample_rate
 
+    def _min_frames(self) -> int:
+        """Spectrogram size (frames, and mel bins) that leaves one row after the stem and every pooling."""
+        size = 2 ** sum(isinstance(b.pool, nn.AvgPool2d) for b in self.blocks)
+        return 4 + 2 * (size - 1) if self.block_type == "next" else size
+
     @property
     def min_samples(self) -> int:
-        """Shortest clip that leaves at least one frame and one mel bin after the last block."""
-        pools = sum(isinstance(b.pool, nn.AvgPool2d) for b in self.blocks)
-        size = 2 ** pools
-        if self.block_type == "next":
-            size = 4 + 2 * (size - 1)
-        mel_ok = self.frontend.n_mels >= size
-        if not mel_ok:  # the mel axis is fixed: no clip length helps
-            return 1 << 62
-        return max(self.frontend.min_samples, (size - 1) * self.frontend.hop_length)
+        """Shortest clip that leaves at least one frame after the last block."""
+        return max(self.frontend.min_samples, (self._min_frames() - 1) * self.frontend.hop_length)
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
