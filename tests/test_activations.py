@@ -1,6 +1,7 @@
 """Learnable Hermite / Fourier / tropical activations: parity with torchortho 0.1.2, gradients, moments, dtype."""
 import copy
 import importlib
+import logging
 import math
 import os
 import sys
@@ -515,11 +516,20 @@ def test_compiled_switch_and_argument_errors(monkeypatch):
     calls = []
     real = activations._compiled
     monkeypatch.setattr(activations, "_compiled", lambda kind, *a: calls.append(kind) or real(kind, *a))
+    monkeypatch.setattr(activations, "_compiler_works", {"cpu": False})  # as where torch.compile fails
     x = torch.randn(4, 256)
     act = HermiteActivation(3)
     act(x)
     assert calls == [] and not activations.compiled_activations()
-    monkeypatch.setenv("DCLS_ZOO_COMPILED_ACTIVATIONS", "1")
+    monkeypatch.setattr(activations, "_compiler_works", {"cpu": True})  # the default where it works
+    act(x)
+    assert calls == [activations._CompiledPolynomial] and activations.compiled_activations()
+    calls.clear()
+    monkeypatch.setenv("DCLS_ZOO_COMPILED_ACTIVATIONS", "0")
+    act(x)
+    assert calls == [] and not activations.compiled_activations()
+    monkeypatch.setattr(activations, "_compiler_works", {"cpu": False})
+    monkeypatch.setenv("DCLS_ZOO_COMPILED_ACTIVATIONS", "1")  # forced even where the check failed
     act(x)
     assert calls == [activations._CompiledPolynomial]
     set_compiled_activations(False)  # the call wins over the environment
@@ -602,3 +612,57 @@ def test_inside_a_torch_compiled_model(compiled):
     torch.testing.assert_close(loss_compiled, loss_eager, rtol=1e-5, atol=1e-6)
     for name, value in grads_eager.items():
         torch.testing.assert_close(grads_compiled[name], value, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_default_checks_torch_compile_once_and_falls_back_to_eager_with_one_warning(monkeypatch, caplog):
+    monkeypatch.setattr(activations, "_compiled_default", None)
+    monkeypatch.delenv("DCLS_ZOO_COMPILED_ACTIVATIONS", raising=False)
+    monkeypatch.setattr(activations, "_compiler_works", {})
+    attempts = []
+
+    def broken_compile(*args, **kwargs):
+        attempts.append(args)
+        raise RuntimeError("InductorError: no C++ compiler found\nmore detail")
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    eager = FourierActivation(3, compiled=False)
+    act = FourierActivation(3)
+    act.load_state_dict(eager.state_dict())
+    x = torch.randn(3, 64)
+    with caplog.at_level(logging.WARNING, logger=activations.__name__):
+        y = act(x)
+        act(x)
+        TropicalRationalActivation(3)(x)
+    assert torch.equal(y, eager(x))
+    assert len(attempts) == 1, "the check runs once per device type"
+    assert [r.getMessage() for r in caplog.records] == [
+        "dcls_zoo activations: torch.compile does not work on cpu (InductorError: no C++ compiler found); using "
+        "the eager functions (set DCLS_ZOO_COMPILED_ACTIVATIONS=0 to skip this check)"]
+    assert activations._compiler_works == {"cpu": False}
+    # a device type without torch.compile support is never probed
+    assert not activations._torch_compile_works("mps") and len(attempts) == 1
+
+
+def test_default_is_eager_under_jit_trace(monkeypatch):
+    monkeypatch.setattr(activations, "_compiled_default", None)
+    monkeypatch.delenv("DCLS_ZOO_COMPILED_ACTIVATIONS", raising=False)
+    monkeypatch.setattr(activations, "_compiler_works", {"cpu": True})
+    calls = []
+    real = activations._compiled
+    monkeypatch.setattr(activations, "_compiled", lambda kind, *a: calls.append(kind) or real(kind, *a))
+    act = FourierActivation(3)
+    x = torch.randn(2, 32)
+    traced = torch.jit.trace(act, x, check_trace=False)
+    assert calls == []
+    eager = FourierActivation(3, compiled=False)
+    eager.load_state_dict(act.state_dict())
+    torch.testing.assert_close(traced(x), eager(x))
+
+
+def test_fourier_degree_range():
+    FourierActivation(33)
+    FourierActivation(60, scheme="legacy")  # no 1/k! scale there
+    with pytest.raises(ValueError, match=r"^FourierActivation: degree must be <= 33 with scheme='default', got 100: "
+                                         r"term k is scaled by 1/k!, below float32's smallest normal number from "
+                                         r"k = 34 on \(use scheme='legacy' for more terms\)$"):
+        FourierActivation(degree=100)

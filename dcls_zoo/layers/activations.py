@@ -341,13 +341,11 @@ class _OrthoActivation(nn.Module):
 
     def _use_compiled(self, x: torch.Tensor) -> bool:
         """``compiled`` (or the global default when None), for tensors with data."""
-        if x.numel() == 0 or x.is_meta:
-            return False
         compiled = getattr(self, "compiled", None)
         if compiled is None:
             # the default never compiles under torch.jit.trace (the trace records the eager ops instead)
             compiled = not torch.jit.is_tracing() and compiled_activations(x.device.type)
-        return compiled
+        return compiled and x.numel() > 0 and not x.is_meta
 
     def _constant(self, name: str, values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
         """A small constant tensor on ``like``'s device and dtype, made once."""
