@@ -1,8 +1,10 @@
 # The two set-up commands of the README. Each works alone on a fresh machine: it installs what it needs first.
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
-# One thread per process (2-core machines: oversubscription makes small tests 3-10x slower), offline Hub.
-TEST_ENV := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 HF_HUB_DISABLE_XET=1
+# One thread per process (2-core machines: oversubscription makes small tests 3-10x slower), offline Hub; learnable
+# activations eager unless a test asks for compiled=True (a cold Inductor compile costs seconds per kind and dtype).
+TEST_ENV := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 HF_HUB_DISABLE_XET=1 \
+	DCLS_ZOO_COMPILED_ACTIVATIONS=0
 # verbosity_subtests=0: passing subtests (transformers' ModelTesterMixin uses unittest subTest) print nothing
 # instead of runs of `u` that read like failures; failed subtests are still reported. --durations: the slowest.
 PYTEST_ARGS ?= -n 2 -q -p no:cacheprovider --timeout=900 -o verbosity_subtests=0 --durations=15
