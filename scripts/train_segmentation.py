@@ -179,7 +179,12 @@ def build_model(args: argparse.Namespace):
         return getattr(smp, ARCHS[args.arch])(
             f"tu-{args.model}", encoder_weights=True if args.pretrained else None, classes=args.num_classes, **kwargs)
     except (RuntimeError, ValueError, OSError) as e:
-        raise DataError(f"could not build {args.arch} on encoder {args.model!r}: {str(e).splitlines()[0]}") from e
+        # timm's advice, in this script's terms
+        reason = (str(e).splitlines()[0]
+                  .replace("pass pretrained_cfg_overlay=dict(file=PATH)", "pass it with --pretrained-file PATH")
+                  .replace("Use `pretrained=False` for random init.",
+                           "Drop --pretrained to start from random weights."))
+        raise DataError(f"could not build {args.arch} on encoder {args.model!r}: {reason}") from e
 
 
 def _param_groups(model, args):

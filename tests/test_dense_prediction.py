@@ -247,6 +247,10 @@ def test_train_segmentation_script_end_to_end_from_pretrained_file(tmp_path, cap
     ("unpaired", "train_segmentation.py: error: --data {data}: image clip0.jpg has no mask masks/clip0.png"),
     ("bad_label", "train_segmentation.py: error: mask {data}/masks/clip0.png holds class 7, but --num-classes is 3 "
                   "(use --ignore-index for void pixels)"),
+    ("no_weights", "train_segmentation.py: error: could not build upernet on encoder 'dcls_convnext_atto': No "
+                   "pretrained weights exist for dcls_convnext_atto. Drop --pretrained to start from random weights."),
+    ("unknown_model", "train_segmentation.py: error: could not build upernet on encoder 'no_such_model': Unknown "
+                      "model (no_such_model)"),
 ])
 def test_train_segmentation_script_bad_data_is_one_line(setup, expected, tmp_path, capsys):
     data = _write_folder(tmp_path / "data", n=3)
@@ -256,10 +260,11 @@ def test_train_segmentation_script_bad_data_is_one_line(setup, expected, tmp_pat
         (data / "masks").rmdir()
     elif setup == "unpaired":
         (data / "masks" / "clip0.png").unlink()
-    else:
+    elif setup == "bad_label":
         Image.fromarray(np.full((40, 40), 7, dtype=np.uint8)).save(data / "masks" / "clip0.png")
+    extra = {"no_weights": ["--pretrained"], "unknown_model": ["--model", "no_such_model"]}.get(setup, [])
     code = _load_script().main(["--data", str(data), "--model", ENCODER, "--num-classes", "3", "--img-size", "32",
-                                "--epochs", "1", "--output", str(tmp_path / "run")])
+                                "--epochs", "1", "--output", str(tmp_path / "run"), *extra])
     assert code == 2
     assert capsys.readouterr().err.strip().splitlines() == [expected.format(data=data)]
     assert not (tmp_path / "run").exists()
