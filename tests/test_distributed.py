@@ -43,11 +43,13 @@ def write_image_folder(root: str, n_per_class: int = 8, size: int = 16) -> str:
 def trainer_config(output_dir: str, data: str, **overrides):
     from dcls_zoo.train import TrainConfig
 
-    # SGD at lr 1 (positions 5): the positions leave the grid at every step, so the clamp bites
+    # SGD at lr 1 (positions 5): the positions leave the grid at every step, so the clamp bites. The DeepSpeed
+    # workers take only the optimiser settings from here.
     values = dict(task="image", model="dcls_convnext_atto", model_kwargs=TINY_DCLS, dataset=data, eval_split="train",
                   img_size=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bilinear", crop_pct=1.0,
                   scale=(0.8, 1.0), hflip=0.5, opt="sgd", lr=1.0, weight_decay=0.05, sched="constant",
                   warmup_epochs=0, drop_path=0.0, max_steps=STEPS, save_every=2, keep_checkpoints=3,
+                  clip_grad=0.5, grad_accum_steps=2,  # clipping (on the global norm) and accumulation under FSDP2
                   output_dir=output_dir, report_to="none", progress=False, seed=0)
     values.update(overrides)
     return TrainConfig(**values)
