@@ -86,3 +86,17 @@ def test_a_python_only_dcls_layer_fails_in_one_line_naming_freeze_dcls():
     frozen = dcls_zoo.freeze_dcls(torch.nn.Sequential(layer))
     assert not any(isinstance(m, DclsNd) for m in frozen.modules())
     torch.jit.script(frozen)
+
+
+def test_compile_and_export_trace_through_the_clamp_hook_and_the_followers():
+    model, x = _model("dcls_convnext")
+    compiled = torch.compile(model.train(), backend="eager")   # Dynamo's tracing, without Inductor's cost
+    compiled(x).sum().backward()
+    with torch.no_grad():
+        model.stages[2].blocks[0].conv_dw.P.fill_(100.0)   # as a huge step leaves it
+    compiled(x)
+    assert model.stages[2].blocks[1].conv_dw.P.max() == 8   # the pre-forward clamp ran under torch.compile too
+    model.eval()
+    with torch.no_grad():
+        exported = torch.export.export(model, (x,))
+        torch.testing.assert_close(exported.module()(x), model(x), rtol=1e-5, atol=1e-6)

@@ -560,8 +560,8 @@ def clamp_dcls_parameters(model: nn.Module) -> bool:
 
 @torch.compiler.disable
 def _clamp_before_forward_eager(module: nn.Module) -> None:
-    if torch.jit.is_tracing():
-        return  # a trace records the forward only; the model's own forward clamps when the trace runs eagerly
+    if torch.jit.is_tracing() or torch.compiler.is_exporting() or torch.compiler.is_compiling():
+        return  # a trace / export records the forward only: no values to look at, nothing to write
     clamp_dcls_parameters(module)
 
 
