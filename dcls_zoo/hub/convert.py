@@ -209,7 +209,9 @@ def convert_checkpoint(
 
 
 def _check_target(target: Path, overwrite: bool) -> None:
-    if target.is_symlink() or (target.exists() and not target.is_dir()):
+    if target.is_symlink():
+        raise ValueError(f"out_dir {target} is a symbolic link; give the folder itself")
+    if target.exists() and not target.is_dir():
         raise ValueError(f"out_dir {target} exists and is not a folder; choose a folder path")
     if target.is_dir() and any(target.iterdir()) and not overwrite:
         raise ValueError(f"out_dir {target} exists and is not empty; choose another folder, or pass --overwrite "
