@@ -4,13 +4,22 @@
 2. Whole model: DCLS ConvNeXt-T (v0 17/34 and gauss 23/26), train-mode forward+backward at 224², batch 8:
    CUDA peak memory and time, ours vs timm's ConvNeXt with the reference `Dcls2d` swapped in.
 3. bf16 autocast forward+backward, the eval-mode kernel cache and `.to()` across devices.
+4. `dcls_conv`'s forced gradient paths (FFT weight gradient through cuFFT, flipped-kernel input gradient) against
+   cuDNN's, fp32 and bf16 autocast (on CUDA "auto" uses cuDNN's own backward).
+5. Speed (`--only speed`, not part of the default run): `scripts/bench_dcls.py` and `scripts/bench_models.py` on
+   CUDA in fp32 and under bf16 autocast; they write their own sections of BENCHMARKS.md. Goals (issue 18): layer
+   forward+backward <= 0.5x the reference's time at every stage shape; dcls_convnext_tiny training throughput
+   >= 0.9x timm's convnext_tiny (train ratio <= 1.11).
+Written without a GPU (no device was lent in the session that added parts 4 and 5): untested on CUDA so far.
 
-    python scripts/check_cuda.py [--out cuda_check.md]
+    python scripts/check_cuda.py [--out cuda_check.md] [--only parity|whole_model|misc|conv_paths|speed]
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import timm
@@ -123,17 +132,61 @@ def misc(lines: list[str]) -> None:
               f"- moved CUDA → CPU after use, same outputs: {'ok' if moved else 'FAILED'}", ""]
 
 
+def conv_paths(lines: list[str]) -> None:
+    import torch.nn.functional as F
+
+    from dcls_zoo.layers.dcls_conv import dcls_conv
+
+    lines += ["## dcls_conv gradient paths on CUDA (max |path - cuDNN| / max |cuDNN|, full fp32 / bf16 autocast)", "",
+              "| paths | dtype | input grad | kernel grad | bias grad |", "|---|---|---|---|---|"]
+    torch.backends.cudnn.allow_tf32 = False
+    torch.manual_seed(0)
+    x = torch.randn(4, 96, 56, 56, device="cuda").contiguous(memory_format=torch.channels_last).requires_grad_()
+    kernel = torch.randn(96, 1, 17, 17, device="cuda").requires_grad_()
+    bias = torch.randn(96, device="cuda").requires_grad_()
+    for amp in (False, True):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            y_ref = F.conv2d(x, kernel, bias, 1, 8, 1, 96)
+        g = torch.randn_like(y_ref)
+        expected = torch.autograd.grad(y_ref, (x, kernel, bias), g)
+        for paths in (("fft", "flip"), ("fft", "direct"), ("direct", "flip")):
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+                y = dcls_conv(x, kernel, bias, 1, 8, 1, 96, weight_grad=paths[0], input_grad=paths[1])
+            got = torch.autograd.grad(y, (x, kernel, bias), g)
+            errs = [((a.float() - b.float()).abs().max() / b.float().abs().max()).item() for a, b in zip(got, expected)]
+            lines.append(f"| {'/'.join(paths)} | {'bf16 autocast' if amp else 'fp32'} | "
+                         + " | ".join(f"{e:.1e}" for e in errs) + " |")
+    lines.append("")
+
+
+def speed(lines: list[str]) -> None:
+    root = Path(__file__).resolve().parents[1]
+    commands = []
+    for amp in ([], ["--autocast-bf16"]):
+        commands.append([sys.executable, str(root / "scripts/bench_dcls.py"), "--device", "cuda", "--batch", "32",
+                         "--repeats", "10", *amp])
+        commands.append([sys.executable, str(root / "scripts/bench_models.py"), "--device", "cuda", "--batch", "32",
+                         "--repeats", "10", *amp])
+    lines += ["## Speed (sections of BENCHMARKS.md written by the benchmark scripts)", ""]
+    for command in commands:
+        print("$", " ".join(command), flush=True)
+        result = subprocess.run(command)
+        lines.append(f"- `{' '.join(Path(c).name if c.endswith('.py') else c for c in command[1:])}`: "
+                     + ("ok" if result.returncode == 0 else f"FAILED (exit {result.returncode})"))
+    lines.append("")
+
+
 def main() -> None:
     logging.disable(logging.WARNING)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("cuda_check.md"))
-    parser.add_argument("--only", choices=("parity", "whole_model", "misc"), default=None)
+    parser.add_argument("--only", choices=("parity", "whole_model", "misc", "conv_paths", "speed"), default=None)
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("check_cuda.py needs a CUDA device")
     lines = [f"# CUDA check: {torch.cuda.get_device_name()}, torch {torch.__version__}, timm {timm.__version__}", ""]
-    for part in (parity, whole_model, misc):
-        if args.only in (None, part.__name__):
+    for part in (parity, whole_model, misc, conv_paths, speed):
+        if args.only == part.__name__ or (args.only is None and part is not speed):
             part(lines)
             args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines), flush=True)
