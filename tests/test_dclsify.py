@@ -117,3 +117,27 @@ def test_conv_filter_and_state_dict_round_trip():
     with pytest.raises(ValueError, match="no convolution matched"):
         dcls_zoo.dclsify(timm.create_model("test_resnet"), version="v0", dilated_kernel_size=5, kernel_count=4,
                          conv_filter=lambda name, conv: False)
+
+
+def test_one_owner_per_stage_through_copies_assignment_and_device_moves():
+    model = dcls_zoo.dclsify(timm.create_model("mobilenetv3_small_050", num_classes=10), version="gauss",
+                             dilated_kernel_size=9, kernel_count=12,
+                             stage_key=lambda name, layer: (name.split(".")[1], layer.in_channels))
+    (owner_name, *followers), *_ = [g for g in shared_parameter_groups(model) if g[0].endswith(".P")]
+    owner = model.get_submodule(owner_name.rpartition(".")[0])
+    follower = model.get_submodule(followers[0].rpartition(".")[0])
+    assert owner_name in model.state_dict() and followers[0] not in model.state_dict()   # one key per tensor
+    assert follower.P is owner.P and follower.SIG is owner.SIG
+    # a whole-model copy keeps its followers on the copied owner
+    clone = copy.deepcopy(model)
+    assert clone.get_submodule(followers[0].rpartition(".")[0]).P is clone.get_submodule(owner_name[:-2]).P
+    assert clone.get_submodule(owner_name[:-2]).P is not owner.P
+    # a copy of one follower alone keeps following the model's owner (nothing else was copied)
+    assert copy.deepcopy(follower).P is owner.P
+    # whatever replaces the owner's Parameter (from_pretrained, peft, FSDP, assign=True) is seen by the stage
+    model.load_state_dict({k: v.clone() + 1 for k, v in model.state_dict().items()}, assign=True)
+    assert follower.P is owner.P and torch.equal(follower.P, model.state_dict()[owner_name])
+    follower.P = nn.Parameter(torch.zeros_like(owner.P))   # assigning on a follower writes to the owner
+    assert owner.P is follower.P and not owner.P.any()
+    model.to(torch.float64)
+    assert follower.P.dtype == torch.float64 and follower.P is owner.P

@@ -346,6 +346,9 @@ class DclsNd(TiedParametersMixin, nn.Module):
     # compiler the tensors this layer uses as the plain attributes `_script_P` / `_script_SIG`.
     def __prepare_scriptable__(self):
         if type(self) not in (Dcls1d, Dcls2d, Dcls3d):
+            if type(self).forward is not DclsNd.forward:   # e.g. the SNN's causal delays: freezing is not enough
+                raise RuntimeError(f"torch.jit.script does not support {type(self).__name__} (its forward and "
+                                   f"kernel are Python); use torch.export or torch.compile instead")
             raise RuntimeError(
                 f"torch.jit.script does not support {type(self).__name__} (its kernel is built in Python); run "
                 f"dcls_zoo.freeze_dcls(model) first to turn DCLS layers into plain convolutions")
