@@ -550,6 +550,24 @@ def test_dcls_zoo_train_under_accelerate_launch_fsdp2_config_on_cpu_stops_in_one
     assert not os.path.exists(tmp_path / "out" / "model.safetensors")
 
 
+def test_fsdp2_in_a_single_plain_process_is_refused_in_one_line():
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    from dcls_zoo.train import TrainConfig
+    from dcls_zoo.train.distributed import select_engine
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
+    with pytest.raises(ValueError) as err:
+        select_engine(Accelerator(cpu=True), TrainConfig(distributed="fsdp2"))
+    assert str(err.value) == ("--distributed fsdp2 needs several processes: launch with `torchrun --nproc_per_node N "
+                              "-m dcls_zoo.cli train ...` (or accelerate launch); a single process has nothing to "
+                              "shard with")
+    with pytest.raises(ValueError, match="distributed must be one of auto, fsdp2, got 'fsdp'"):
+        TrainConfig(distributed="fsdp")
+
+
 def launch_environment(config_file: str) -> dict[str, str]:
     """The variables `accelerate launch --config_file <config_file>` sets for its processes (Accelerate's own
     parsing of the file)."""

@@ -325,6 +325,12 @@ def select_engine(accelerator: Any, cfg: Any) -> Optional[str]:
     (`apply_fsdp2`), e.g. under torchrun on CPU where Accelerate does not enable FSDP."""
     engine = check_engine_supported(accelerator)
     if cfg.distributed == "fsdp2":
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            raise ValueError("--distributed fsdp2 needs several processes: launch with `torchrun --nproc_per_node N "
+                             "-m dcls_zoo.cli train ...` (or accelerate launch); a single process has nothing to "
+                             "shard with")
         if engine == "deepspeed":
             raise ValueError("--distributed fsdp2 and an accelerate DeepSpeed config ask for two engines: give one")
         if engine is None and accelerator.mixed_precision != "no":
