@@ -149,8 +149,6 @@ def _run_tag(args: argparse.Namespace) -> int:
             raise ValueError(f"--clip-seconds {args.clip_seconds:g} is less than one sample at {rate} Hz")
         if args.checkpoint and not Path(args.checkpoint).is_file():
             raise FileNotFoundError(f"--checkpoint {args.checkpoint}: no such file")
-        if waveform.shape[0] > 1:
-            print(f"dcls-zoo tag: averaging {waveform.shape[0]} channels to mono", file=sys.stderr)
         kwargs = dict(pretrained=True)
         if args.checkpoint:
             kwargs["pretrained_cfg_overlay"] = dict(file=args.checkpoint)
@@ -160,6 +158,8 @@ def _run_tag(args: argparse.Namespace) -> int:
         tags = tag_waveform(model.eval(), to_mono(waveform), rate, top_k=args.top, clip_seconds=args.clip_seconds)
     except (ValueError, TypeError, RuntimeError, OSError) as err:
         return _error("tag", err)
+    if waveform.shape[0] > 1:  # said once the tags exist, so an error stays the only line on stderr
+        print(f"dcls-zoo tag: averaging {waveform.shape[0]} channels to mono", file=sys.stderr)
     if args.json:
         print(json.dumps([{"label": name, "probability": round(p, 6)} for name, p in tags], indent=1))
     else:
