@@ -137,6 +137,7 @@ def test_bf16_autocast_and_bf16_tensors_within_bf16_conv_tolerance():
 def test_auto_rule_and_plain_routes():
     assert choose_weight_grad_path("cpu", (17, 17), (56, 56)) == "fft"
     assert choose_weight_grad_path("cpu", (7, 7), (56, 56)) == "direct"
+    assert choose_weight_grad_path("cpu", (13, 13), (56, 56)) == "direct"
     assert choose_weight_grad_path("cpu", (17, 17), (7, 7)) == "direct"
     assert choose_weight_grad_path("cuda", (17, 17), (56, 56)) == "direct"
     side = int(FFT_MIN_KERNEL_TAPS ** 0.5) + 1
@@ -159,6 +160,8 @@ def test_auto_rule_and_plain_routes():
         assert torch.equal(dcls_conv(x, kernel, None, 1, 8, 1, 3), F.conv2d(x, kernel, None, 1, 8, 1, 3))
     y = dcls_conv(x, kernel.requires_grad_(), None, 1, 8, 1, 3)
     assert y.grad_fn.name() == "_DepthwiseConv2dBackward"
+    traced = torch.jit.trace(lambda t, k: dcls_conv(t, k, None, 1, 8, 1, 3), (x, kernel))  # jit.save-able ops
+    assert "PythonOp" not in str(traced.graph) and "aten::_convolution" in str(traced.graph)
 
 
 def test_bad_path_names_raise():

@@ -14,18 +14,19 @@ weight gradient (``weight_grad``)
     circular correlation at negative lags, so the input is never padded on its own. bf16/fp16 inputs are
     transformed in fp32 (the CPU FFT has no bf16 kernel), which is more accurate than a bf16 convolution.
     ``"direct"``: oneDNN / ATen's own `convolution_backward`.
-    ``"auto"`` (default): `choose_weight_grad_path` -- FFT on the CPU when the kernel has more than 7x7 taps and
-    the output has at least 14x14 positions, direct otherwise (on CUDA always direct: cuDNN's weight gradient
+    ``"auto"`` (default): `choose_weight_grad_path` -- FFT on the CPU when the kernel has at least 14x14 taps
+    and the output at least 14x14 positions, direct otherwise (on CUDA always direct: cuDNN's weight gradient
     is fast). The thresholds come from `scripts/bench_dcls.py --sweep` (table in BENCHMARKS.md).
 input gradient (``input_grad``)
     ``"flip"``: a forward depthwise convolution of the output gradient with the flipped kernel, in the output
     gradient's memory format (channels_last for DCLS layers on the CPU) -- about the cost of one forward.
     Needs stride 1 and padding <= kernel - 1; otherwise ``"direct"`` (ATen's `convolution_backward`).
 
-Everything that is not a 2-D depthwise convolution (dense, grouped, 1-D, 3-D, dilation > 1) and every call that
-records no gradient goes straight to `F.conv1d/2d/3d`. Under autocast the inputs are cast to the autocast dtype
-first, as autocast does for `F.conv2d`, so outputs and gradients have the dtypes autocast gives. The backward is
-written with differentiable operations, so double backward (gradient penalties, `gradgradcheck`) works too.
+Everything that is not a 2-D depthwise convolution (dense, grouped, 1-D, 3-D, dilation > 1), every call that
+records no gradient and every call under `torch.jit.trace` goes straight to `F.conv1d/2d/3d`. Under autocast the
+inputs are cast to the autocast dtype first, as autocast does for `F.conv2d`, so outputs and gradients have the
+dtypes autocast gives. The backward is written with differentiable operations, so double backward (gradient
+penalties, `gradgradcheck`) works too.
 """
 from __future__ import annotations
 
@@ -42,9 +43,10 @@ WEIGHT_GRAD_PATHS = ("auto", "fft", "direct")
 INPUT_GRAD_PATHS = ("auto", "flip", "direct")
 _CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
-# CPU rule thresholds (see `choose_weight_grad_path`): oneDNN's weight gradient is competitive up to 7x7 kernels,
-# and for tiny outputs (7x7 stage) the FFT's per-image overhead dominates.
-FFT_MIN_KERNEL_TAPS = 50
+# CPU rule thresholds (see `choose_weight_grad_path`, measured by `scripts/bench_dcls.py --sweep`): oneDNN's weight
+# gradient beats the FFT up to 13x13 kernels and falls off a cliff (30-70x slower) at 17x17; for tiny outputs
+# (the 7x7 stage) the FFT's per-image overhead dominates and direct stays as fast.
+FFT_MIN_KERNEL_TAPS = 14 * 14
 FFT_MIN_OUTPUT_POSITIONS = 14 * 14
 
 _overrides = threading.local()
@@ -70,8 +72,8 @@ def choose_weight_grad_path(
 ) -> str:
     """The weight-gradient formulation `"auto"` picks for a depthwise 2-D convolution: ``"fft"`` or ``"direct"``.
 
-    On the CPU, FFT when the kernel has more than 49 taps (larger than 7x7) and the output at least 14x14
-    positions; direct otherwise and on every other device.
+    On the CPU, FFT when the kernel has at least 14x14 taps and the output at least 14x14 positions; direct
+    otherwise and on every other device.
     """
     if device_type != "cpu":
         return "direct"
@@ -195,7 +197,7 @@ def dcls_conv(
     plain = (
         ndim != 2 or x.dim() != 4 or groups != x.shape[1] or kernel.shape[0] != groups or kernel.shape[1] != 1
         or _pair(dilation) != (1, 1) or not isinstance(padding, (int, tuple, list))
-        or not x.is_floating_point()
+        or not x.is_floating_point() or torch.jit.is_tracing()  # a trace records F.conv2d, savable with jit.save
         or not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, kernel, bias)))
     )
     if plain:
