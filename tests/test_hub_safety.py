@@ -147,6 +147,9 @@ def test_a_classifier_size_the_weights_do_not_have_is_refused(folder, capsys):
     (folder / "config.json").write_text(json.dumps(config))
     _refused_by_push(folder, capsys,
                      r"does not fit dcls_convnext_atto: shape mismatches.*head\.fc\.weight \(3, 16\) vs \(5, 16\)")
+    with pytest.raises(ValueError, match=r"config\.json: num_classes is 5 but the classifier 'head\.fc' in "
+                                         r"model\.safetensors has 3 classes"):
+        timm.create_model(f"local-dir:{folder}", pretrained=True)
 
 
 # -- 3. sha256 of the weights ---------------------------------------------------------------------------------------

@@ -281,6 +281,23 @@ def check_local_dir(folder: PathLike) -> dict:
     config = check_timm_config(read_config(folder / CONFIG_NAME), folder / CONFIG_NAME)
     weights = folder / WEIGHTS_NAME
     if weights.is_file():
-        read_safetensors_header(weights)
+        tensors, _ = read_safetensors_header(weights)
         verify_checksum(weights)
+        _check_classifier_size(config, tensors, folder / CONFIG_NAME, weights)
     return config
+
+
+def _check_classifier_size(config: dict, tensors: dict, config_path: Path, weights: Path) -> None:
+    # timm builds the head config.json asks for; a different trained head would then fail to load (or, with a
+    # num_classes override, be dropped), so name both files while the reason is still clear
+    num_classes = checkpoint_num_classes(config)
+    classifier = config.get("pretrained_cfg", {}).get("classifier")
+    if not num_classes:
+        return
+    for name in [classifier] if isinstance(classifier, str) else (classifier or []):
+        entry = tensors.get(f"{name}.weight")
+        if entry is not None and entry[1] and entry[1][0] != num_classes:
+            raise FolderFileError(
+                f"{config_path}: num_classes is {num_classes} but the classifier {name!r} in {weights.name} has "
+                f"{entry[1][0]} classes; fix num_classes in {CONFIG_NAME} (the weights decide)"
+            )
