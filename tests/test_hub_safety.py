@@ -80,6 +80,16 @@ def test_a_symlinked_folder_is_refused(folder, tmp_path, capsys):
     _refused_by_push(folder, capsys, r"symbolic links \(extra\)")
 
 
+def test_a_symlinked_run_state_folder_is_skipped_not_followed(folder, tmp_path, capsys):
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    torch.save({"optimizer": 1}, scratch / "optimizer.bin")
+    (folder / "checkpoints").symlink_to(scratch, target_is_directory=True)   # resume state on another disk
+    plan = plan_folder(folder, REPO)
+    assert not [p for p, _ in plan.files if "optimizer" in p]
+    assert plan.skipped == (("checkpoints/", RUN_STATE_DIRS["checkpoints"] + "; a symbolic link, not followed"),)
+
+
 def test_a_symlinked_weights_file_is_refused(folder, tmp_path, capsys):
     real = tmp_path / "elsewhere.safetensors"
     shutil.move(folder / "model.safetensors", real)

@@ -2,7 +2,8 @@
 
 `push_folder` checks the whole folder before anything is sent (also with `dry_run=True`) and refuses, with one
 ValueError line naming the file:
-- any symbolic link (file or folder), and anything that is not a plain file or folder;
+- any symbolic link (file or folder; a linked `checkpoints/` or `logs/` is skipped without being followed), and
+  anything that is not a plain file or folder;
 - any pickle, found by content whatever the name: a pickle stream, a torch zip checkpoint (`data.pkl` inside),
   a tar archive (torch's legacy format), a numpy file; and the usual pickle suffixes (`.bin`, `.pt`, `.pkl`, ...);
 - a config.json with fields of the wrong type, or an architecture (timm `architecture`, transformers
@@ -146,7 +147,10 @@ def _walk(folder: Path) -> tuple[list[Path], list[tuple[str, str]]]:
             path = Path(root) / name
             rel = rel_root / name
             mode = os.lstat(path).st_mode
-            if stat.S_ISLNK(mode):
+            if rel_root == Path(".") and name in RUN_STATE_DIRS and stat.S_ISLNK(mode):
+                # resume state kept on another disk: skipped like the folder itself, and not followed
+                skipped.append((f"{name}/", RUN_STATE_DIRS[name] + "; a symbolic link, not followed"))
+            elif stat.S_ISLNK(mode):
                 links.append(rel.as_posix())
             elif name.startswith("."):
                 skipped.append((rel.as_posix() + ("/" if stat.S_ISDIR(mode) else ""), "hidden"))
