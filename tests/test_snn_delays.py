@@ -281,6 +281,31 @@ def test_sigma_schedule_reaches_final_width_after_a_quarter_of_training():
         torch.testing.assert_close(m.SIG, torch.full_like(m.SIG, 0.23), rtol=1e-4, atol=0)
 
 
+def test_sigma_schedule_on_fsdp2_sharded_widths(tmp_path):
+    """Under FSDP2 SIG is a sharded DTensor between forwards: the schedule reads and scales the stored copy."""
+    import os
+
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import DTensor
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(29500 + os.getpid() % 1000))
+    dist.init_process_group("gloo", rank=0, world_size=1, init_method=f"file://{tmp_path / 'pg'}")
+    try:
+        model = timm.create_model("snn_delays_shd", hidden_sizes=(8, 8))
+        fully_shard(model)
+        assert all(isinstance(m.SIG, DTensor) for m in model.delay_layers())
+        schedule = SigmaSchedule(model, epochs=8)
+        assert schedule.sigma == 12.0
+        schedule.step(0)
+        expected = 12.0 * (0.23 / 12.0) ** (1 / 2)
+        assert schedule.sigma == pytest.approx(expected, rel=1e-6)
+        for m in model.delay_layers():
+            torch.testing.assert_close(m.SIG.full_tensor(), torch.full(m.SIG.shape, expected), rtol=1e-6, atol=0)
+    finally:
+        dist.destroy_process_group()
+
+
 def test_param_groups_and_clamp():
     model = timm.create_model("snn_delays_shd", hidden_sizes=(8, 8))
     groups = {g["name"]: g for g in snn_delays_param_groups(model, lr=1e-3, weight_decay=1e-5)}

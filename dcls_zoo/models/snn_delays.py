@@ -462,7 +462,10 @@ class SigmaSchedule:
 
     @property
     def sigma(self) -> float:
-        return float(self.layers[-1].SIG.detach().flatten()[0])
+        sig = self.layers[-1].SIG.detach()
+        if hasattr(sig, "full_tensor"):  # an FSDP2-sharded DTensor: a rank's shard may be empty (collective call)
+            sig = sig.full_tensor()
+        return float(sig.flatten()[0])
 
     @torch.no_grad()
     def step(self, epoch: int) -> None:
