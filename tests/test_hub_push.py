@@ -207,6 +207,16 @@ def test_a_folder_with_a_pickle_is_refused(good_folder, tmp_path, capsys, name, 
     assert "pickled files" in capsys.readouterr().err
 
 
+def test_a_refused_folder_sends_nothing_to_the_hub(good_folder, tmp_path, hub):
+    folder = _copy(good_folder, tmp_path)
+    (tmp_path / "secret").write_text("hf_token\n")
+    (folder / "notes.txt").symlink_to(tmp_path / "secret")
+    before = len(hub.requests)
+    with _pointed_at(hub, tmp_path / "cache"):
+        assert cli_main(["push", str(folder), "--repo-id", f"{ORG}/refused"]) == 1
+    assert len(hub.requests) == before and f"{ORG}/refused" not in hub.repos
+
+
 def test_a_folder_without_a_card_is_refused(good_folder, tmp_path):
     folder = _copy(good_folder, tmp_path)
     (folder / "README.md").unlink()
