@@ -187,7 +187,8 @@ def markdown(rows: list[dict], info: dict, command: str) -> str:
         lines.append(f"| {row['name']} | {row['ms']:.2f} | {row['ratio']:.2f} | {cpu} | {row['saved_mb']:.1f} | "
                      f"{row['saved_ratio']:.2f} | {row['first_s']:.1f} | {goal} |")
     lines += ["", "Rows marked `compiled` use `compiled=True` (two torch.compile'd kernels per activation, see the "
-              "README); the others are the default eager functions. Eager Fourier pays for 15 full sine/cosine "
+              "README), which is also the default (`compiled=None`) wherever torch.compile works; the others are "
+              "the eager functions (`compiled=False`). Eager Fourier pays for 15 full sine/cosine "
               "passes per forward+backward (5 cosines forward, 5 sines and 5 cosines backward, the frequencies "
               "being learnable), which no eager formulation avoids; the compiled kernels do one pass each way.",
               "", f"Reproduce: `{command}`", END]

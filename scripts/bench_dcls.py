@@ -112,11 +112,11 @@ def measure(batch: int, repeats: int, device: str, autocast: bool = False) -> li
     return rows
 
 
-def sweep(batch: int, repeats: int) -> list[dict]:
+def sweep(batch: int, repeats: int, kernels: list[int]) -> list[dict]:
     """Depthwise weight gradient alone: ATen/oneDNN direct vs FFT, channels_last input, stride 1, 'same' padding."""
     rows = []
     for channels, hw in STAGES:
-        for k in SWEEP_KERNELS:
+        for k in kernels:
             p = k // 2
             fmt = torch.channels_last
             x = torch.randn(batch, channels, hw, hw).contiguous(memory_format=fmt)
@@ -130,7 +130,8 @@ def sweep(batch: int, repeats: int) -> list[dict]:
             def fft():
                 return _fft_weight_grad(x, g, (k, k), (1, 1), (p, p))
 
-            err = ((fft() - direct()).abs().max() / direct().abs().max()).item()
+            expected = direct()
+            err = ((fft() - expected).abs().max() / expected.abs().max()).item()
             times = alternating_times({"direct": direct, "fft": fft}, repeats=repeats)
             row = dict(shape=f"{batch}x{channels}x{hw}x{hw}", k=k, direct=times["direct"]["cpu"],
                        fft=times["fft"]["cpu"], err=err,
@@ -185,7 +186,8 @@ def sweep_markdown(rows: list[dict], args: argparse.Namespace, load: str, begin:
     lines = [
         begin, "## Depthwise weight gradient: direct vs FFT (`scripts/bench_dcls.py --sweep`)", "",
         _machine("cpu") + f" Command: `OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '?')} python "
-        f"scripts/bench_dcls.py --sweep --batch {args.batch} --repeats {args.repeats}`.", "",
+        f"scripts/bench_dcls.py --sweep --batch {args.batch} --repeats {args.repeats} --kernels "
+        f"{' '.join(map(str, args.kernels))}`.", "",
         "The weight gradient of a depthwise k×k convolution (channels_last, stride 1, padding k//2) alone: ATen's "
         "`convolution_backward` (oneDNN) against `dcls_conv`'s batch-summed FFT cross-correlation. Median process "
         f"CPU time of {args.repeats} alternating repeats. `rule` is what `choose_weight_grad_path` picks: FFT when "
@@ -208,6 +210,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--sweep", action="store_true", help="weight-gradient formulations over kernel sizes")
     parser.add_argument("--autocast-bf16", action="store_true", help="layer rows under bf16 autocast")
+    parser.add_argument("--kernels", type=int, nargs="+", default=list(SWEEP_KERNELS), help="--sweep kernel sizes")
     parser.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
@@ -216,7 +219,7 @@ def main() -> None:
         if args.device != "cpu":
             parser.error("--sweep measures the CPU formulations; use --device cpu")
         begin, end = "<!-- bench_dcls_sweep:begin -->", "<!-- bench_dcls_sweep:end -->"
-        section = sweep_markdown(sweep(args.batch, args.repeats), args, load, begin, end)
+        section = sweep_markdown(sweep(args.batch, args.repeats, args.kernels), args, load, begin, end)
     else:
         tag = "bench_dcls" + ("_cuda" if args.device == "cuda" else "") + ("_bf16" if args.autocast_bf16 else "")
         begin, end = f"<!-- {tag}:begin -->", f"<!-- {tag}:end -->"
