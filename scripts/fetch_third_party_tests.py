@@ -2,7 +2,6 @@
 
 timm's wheel has no tests; its source distribution on PyPI has `tests/test_models.py` for exactly that version.
 This script downloads the sdist (pip, ~3 MB, a few seconds), extracts the file into `tests/third_party/timm/`
-(and timm's `train.py` / `validate.py`, which only the GitHub repo has, into `tests/third_party/timm_scripts/`)
 (git-ignored: third-party code is never committed; the download is cached there) and writes a `conftest.py`
 there that keeps only the items parametrised with a dcls_zoo model.
 Run it before pytest (the README's test command does).
@@ -137,37 +136,11 @@ def fetch_timm_tests(dest: Path) -> Path:
     return target
 
 
-TIMM_SCRIPTS = ("train.py", "validate.py")
-TIMM_SCRIPTS_URL = "https://raw.githubusercontent.com/huggingface/pytorch-image-models/v{version}/{name}"
-
-
-def fetch_timm_scripts(dest: Path) -> Path:
-    """Download timm's train.py and validate.py of the installed version into `dest`/timm_scripts (they are not in
-    timm's wheel or sdist; tests/test_timm_scripts.py runs them through `python -m dcls_zoo.timm_script`)."""
-    import urllib.request
-
-    version = importlib.metadata.version("timm")
-    target = dest / "timm_scripts"
-    target.mkdir(parents=True, exist_ok=True)
-    for name in TIMM_SCRIPTS:
-        if not (target / name).is_file():
-            url = TIMM_SCRIPTS_URL.format(version=version, name=name)
-            with urllib.request.urlopen(url, timeout=60) as response:
-                (target / name).write_bytes(response.read())
-            (target / "SOURCE").write_text(url.rsplit("/", 1)[0] + "\n")
-    return target
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dest", type=Path, default=ROOT / "tests" / "third_party")
     args = parser.parse_args()
     print(f"timm {importlib.metadata.version('timm')} model tests wired in {fetch_timm_tests(args.dest)}")
-    try:
-        print(f"timm's train.py / validate.py in {fetch_timm_scripts(args.dest)}")
-    except OSError as e:   # GitHub unreachable: only tests/test_timm_scripts.py needs them, and says so
-        print(f"could not download timm's train.py / validate.py from GitHub ({e}); put them in "
-              f"{args.dest / 'timm_scripts'} for tests/test_timm_scripts.py")
 
 
 if __name__ == "__main__":
