@@ -29,7 +29,7 @@ import torch
 
 from dcls_zoo.bench import alternating_times, cuda_peak_bytes, saved_bytes_for_backward, write_marked_section
 from dcls_zoo.layers import Dcls2d
-from dcls_zoo.layers.dcls_conv import FFT_MIN_KERNEL_TAPS, FFT_MIN_OUTPUT_POSITIONS, _fft_weight_grad
+from dcls_zoo.layers.dcls_conv import FFT_MIN_KERNEL_TAPS, _fft_weight_grad, choose_weight_grad_path
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ((96, 56), (192, 28), (384, 14), (768, 7))
@@ -135,8 +135,7 @@ def sweep(batch: int, repeats: int, kernels: list[int]) -> list[dict]:
             times = alternating_times({"direct": direct, "fft": fft}, repeats=repeats)
             row = dict(shape=f"{batch}x{channels}x{hw}x{hw}", k=k, direct=times["direct"]["cpu"],
                        fft=times["fft"]["cpu"], err=err,
-                       rule="fft" if k * k >= FFT_MIN_KERNEL_TAPS and hw * hw >= FFT_MIN_OUTPUT_POSITIONS
-                       else "direct")
+                       rule=choose_weight_grad_path("cpu", (k, k), (hw, hw)))
             rows.append(row)
             print(f"{row['shape']:>14} {k:2d}x{k:<2d} direct {row['direct'] * 1e3:8.1f} ms  fft "
                   f"{row['fft'] * 1e3:8.1f} ms  ({row['fft'] / row['direct']:.2f})  rule: {row['rule']}  "
@@ -191,7 +190,7 @@ def sweep_markdown(rows: list[dict], args: argparse.Namespace, load: str, begin:
         "The weight gradient of a depthwise k×k convolution (channels_last, stride 1, padding k//2) alone: ATen's "
         "`convolution_backward` (oneDNN) against `dcls_conv`'s batch-summed FFT cross-correlation. Median process "
         f"CPU time of {args.repeats} alternating repeats. `rule` is what `choose_weight_grad_path` picks: FFT when "
-        f"k² ≥ {FFT_MIN_KERNEL_TAPS} and the output has ≥ {FFT_MIN_OUTPUT_POSITIONS} positions.", "",
+        f"k² ≥ {FFT_MIN_KERNEL_TAPS}.", "",
         "| input | kernel | direct (ms) | FFT (ms) | FFT / direct | rule | FFT rel. difference |",
         "|---|---|---|---|---|---|---|",
     ]

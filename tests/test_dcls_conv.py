@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from dcls_zoo.layers import Dcls2d
 from dcls_zoo.layers.dcls_conv import (
-    FFT_MIN_KERNEL_TAPS, FFT_MIN_OUTPUT_POSITIONS, _DepthwiseConv2d, choose_weight_grad_path, dcls_conv,
+    FFT_MIN_KERNEL_TAPS, _DepthwiseConv2d, choose_weight_grad_path, dcls_conv,
     dcls_conv_paths,
 )
 from DCLS.construct.modules import Dcls2d as ReferenceDcls2d
@@ -137,11 +137,11 @@ def test_bf16_autocast_and_bf16_tensors_within_bf16_conv_tolerance():
 def test_auto_rule_and_plain_routes():
     assert choose_weight_grad_path("cpu", (17, 17), (56, 56)) == "fft"
     assert choose_weight_grad_path("cpu", (7, 7), (56, 56)) == "direct"
-    assert choose_weight_grad_path("cpu", (13, 13), (56, 56)) == "direct"
-    assert choose_weight_grad_path("cpu", (17, 17), (7, 7)) == "direct"
+    assert choose_weight_grad_path("cpu", (13, 13), (56, 56)) == "fft"
+    assert choose_weight_grad_path("cpu", (11, 15), (56, 56)) == "direct"  # 165 taps
+    assert choose_weight_grad_path("cpu", (17, 17), (7, 7)) == "fft"
     assert choose_weight_grad_path("cuda", (17, 17), (56, 56)) == "direct"
-    side = int(FFT_MIN_KERNEL_TAPS ** 0.5) + 1
-    assert choose_weight_grad_path("cpu", (side, side), (FFT_MIN_OUTPUT_POSITIONS, 1)) == "fft"
+    assert FFT_MIN_KERNEL_TAPS == 169
     torch.manual_seed(0)
     cases = [  # dense, grouped, 1-D, 3-D, dilation 2, "same" padding: F.conv exactly
         ((2, 4, 9, 9), (6, 4, 3, 3), 1, {}), ((2, 4, 9, 9), (4, 2, 3, 3), 2, {}), ((2, 3, 9), (3, 1, 5), 3, {}),

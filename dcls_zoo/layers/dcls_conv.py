@@ -14,8 +14,8 @@ weight gradient (``weight_grad``)
     circular correlation at negative lags, so the input is never padded on its own. bf16/fp16 inputs are
     transformed in fp32 (the CPU FFT has no bf16 kernel), which is more accurate than a bf16 convolution.
     ``"direct"``: oneDNN / ATen's own `convolution_backward`.
-    ``"auto"`` (default): `choose_weight_grad_path` -- FFT on the CPU when the kernel has at least 14x14 taps
-    and the output at least 14x14 positions, direct otherwise (on CUDA always direct: cuDNN's weight gradient
+    ``"auto"`` (default): `choose_weight_grad_path` -- FFT on the CPU when the kernel has at least 13x13 taps,
+    direct otherwise (on CUDA always direct: cuDNN's weight gradient
     is fast). The thresholds come from `scripts/bench_dcls.py --sweep` (table in BENCHMARKS.md).
 input gradient (``input_grad``)
     ``"flip"``: a forward depthwise convolution of the output gradient with the flipped kernel, in the output
@@ -43,11 +43,10 @@ WEIGHT_GRAD_PATHS = ("auto", "fft", "direct")
 INPUT_GRAD_PATHS = ("auto", "flip", "direct")
 _CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
-# CPU rule thresholds (see `choose_weight_grad_path`, measured by `scripts/bench_dcls.py --sweep`): oneDNN's weight
-# gradient beats the FFT up to 13x13 kernels and falls off a cliff (30-70x slower) at 17x17; for tiny outputs
-# (the 7x7 stage) the FFT's per-image overhead dominates and direct stays as fast.
-FFT_MIN_KERNEL_TAPS = 14 * 14
-FFT_MIN_OUTPUT_POSITIONS = 14 * 14
+# CPU rule threshold (see `choose_weight_grad_path`, measured by `scripts/bench_dcls.py --sweep` at the four
+# ConvNeXt-T stage shapes): oneDNN's weight gradient wins at 7x7, ties the FFT at 13x13 on 56x56 outputs and loses
+# 2-6x at 13x13 on smaller ones, and falls off a cliff (10-30x slower than the FFT) from 17x17 at 28x28 and 56x56.
+FFT_MIN_KERNEL_TAPS = 13 * 13
 
 _overrides = threading.local()
 
@@ -72,14 +71,12 @@ def choose_weight_grad_path(
 ) -> str:
     """The weight-gradient formulation `"auto"` picks for a depthwise 2-D convolution: ``"fft"`` or ``"direct"``.
 
-    On the CPU, FFT when the kernel has at least 14x14 taps and the output at least 14x14 positions; direct
-    otherwise and on every other device.
+    On the CPU, FFT when the kernel has at least 13x13 taps; direct otherwise and on every other device.
+    `output_size` is not used by today's rule (the FFT won at every stage shape measured, 7x7 outputs included).
     """
     if device_type != "cpu":
         return "direct"
-    taps = kernel_size[0] * kernel_size[1]
-    positions = output_size[0] * output_size[1]
-    return "fft" if taps >= FFT_MIN_KERNEL_TAPS and positions >= FFT_MIN_OUTPUT_POSITIONS else "direct"
+    return "fft" if kernel_size[0] * kernel_size[1] >= FFT_MIN_KERNEL_TAPS else "direct"
 
 
 def _smooth_size(n: int) -> int:
