@@ -5,13 +5,13 @@ order, swaps each selected convolution for a `dcls.Dcls2d` with padding `dks // 
 layer whose in_channels exceeds every one seen so far starts a stage, later layers take its `P` (and `SIG`).
 Tests build their reference models with this, independently of `dcls_zoo.dclsify`.
 """
+import importlib
 from typing import Callable
 
-import pytest
 import torch
 import torch.nn as nn
 
-dcls_modules = pytest.importorskip("DCLS.construct.modules", reason="the dcls==0.1.1 oracle is a test extra")
+dcls_modules = importlib.import_module("DCLS.construct.modules")
 
 
 def is_depthwise(conv: nn.Conv2d) -> bool:

@@ -14,6 +14,7 @@ key by key (`_to_apple_layout`): timm's renames are undone (`stem` -> `patch_emb
 `stages.3.pos_emb.pos_enc` -> `network.6.pe`, `stages.3.blocks` -> `network.7`. The test checks that timm's filter
 maps them back to exactly the reference model's keys.
 """
+import importlib
 import argparse
 import copy
 import re
@@ -30,7 +31,7 @@ from dcls_zoo.layers.replace import expand_shared_entries, shared_parameter_grou
 from dcls_zoo.models.dcls_fastvit import DclsFastVit, checkpoint_filter_fn
 from dcls_oracle import is_depthwise, original_replace_dcls, randomize_norm_statistics
 
-dcls_modules = pytest.importorskip("DCLS.construct.modules")
+dcls_modules = importlib.import_module("DCLS.construct.modules")
 
 # name -> (timm base entry point, unique params DCLS / baseline (reference table), P group sizes, Apple key count)
 MODELS = {

@@ -11,6 +11,7 @@ sail-sg-layout checkpoints are written by inverting timm's MetaFormer filter (`t
 `head.norm` -> `norm`, `head.fc` -> `head`. The test checks that timm's filter maps them back to exactly the
 reference model's keys, so the inversion cannot silently drift.
 """
+import importlib
 import argparse
 import re
 
@@ -24,7 +25,7 @@ from dcls_zoo.layers.replace import expand_shared_entries, shared_parameter_grou
 from dcls_zoo.models.dcls_metaformer import DclsMetaFormer, checkpoint_filter_fn
 from dcls_oracle import original_replace_dcls
 
-dcls_modules = pytest.importorskip("DCLS.construct.modules")
+dcls_modules = importlib.import_module("DCLS.construct.modules")
 
 # name -> (timm base entry point, kernel_count, unique parameters of the DCLS model (reference table),
 #          baseline parameters, layers per shared-P group, sail-sg key count)

@@ -9,6 +9,7 @@ The reference's kernel construction materialises (7, 7, 2, C_out, C_in, 5) tenso
 layer4 of ResNet-50), so logit parity is checked on ResNet-50 with its stage widths divided by 4 (`channels=`,
 same depths, same code paths, 4 tied stages); parameter counts are checked at full width.
 """
+import importlib
 import argparse
 
 import pytest
@@ -22,7 +23,7 @@ from dcls_zoo.layers.replace import expand_shared_entries, shared_parameter_grou
 from dcls_zoo.models.dcls_resnet import DclsResNet, checkpoint_filter_fn
 from dcls_oracle import original_replace_dcls, randomize_norm_statistics
 
-dcls_modules = pytest.importorskip("DCLS.construct.modules")
+dcls_modules = importlib.import_module("DCLS.construct.modules")
 
 BLOCKS_PER_STAGE, WIDTHS = (3, 4, 6, 3), (64, 128, 256, 512)
 

@@ -15,6 +15,7 @@ ResNets) need `stage_key=` to say what a stage is, or `tie_positions=False`. `co
 
 The reference for parity is the originals' `replace_depthwise_dcls` recipe with the `dcls` 0.1.1 package's `Dcls2d`.
 """
+import importlib
 import copy
 
 import pytest
@@ -27,7 +28,7 @@ from dcls_zoo.layers import DclsNd, clamp_dcls_parameters, dcls_position_paramet
 from dcls_zoo.layers.replace import shared_parameter_groups
 from dcls_oracle import original_replace_dcls
 
-dcls_modules = pytest.importorskip("DCLS.construct.modules")
+dcls_modules = importlib.import_module("DCLS.construct.modules")
 
 
 def _x(size=32):

@@ -1,5 +1,6 @@
 """Hub-ready folders: safetensors with shared tensors stored once, timm's local-dir / hf-hub loading, strict loads,
 explicit head replacement, and conversion of an original-layout checkpoint."""
+import importlib
 import argparse
 import hashlib
 import json
@@ -259,7 +260,7 @@ def test_convert_timm_train_container_with_ema_weights(tmp_path):
 
 
 def test_convert_nanogpt_layout_checkpoint_to_a_transformers_folder(tmp_path):
-    lm = pytest.importorskip("dcls_zoo.lm")
+    lm = importlib.import_module("dcls_zoo.lm")
     from transformers import AutoModelForCausalLM
 
     config = lm.OrthoGPT2Config(vocab_size=64, n_positions=32, n_embd=16, n_layer=2, n_head=2, activation="gelu",

@@ -1,4 +1,5 @@
 """Hermite / Fourier / Tropical ConvNeXt: parity with timm's ConvNeXt + torchortho, original checkpoints, optimiser."""
+import importlib
 import re
 from functools import partial
 
@@ -10,7 +11,7 @@ import torch
 from dcls_zoo.layers.activations import FourierActivation, HermiteActivation, TropicalActivation
 from dcls_zoo.models.ortho_convnext import OrthoConvNeXt
 
-torchortho = pytest.importorskip("torchortho")
+torchortho = importlib.import_module("torchortho")
 
 TINY = dict(depths=(1, 2, 1, 1), dims=(8, 16, 24, 32))
 NAMES = [f"{a}_convnext_{s}" for a in ("hermite", "fourier", "tropical") for s in ("tiny", "small", "base")]

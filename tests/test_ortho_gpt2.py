@@ -1,4 +1,5 @@
 """ortho_gpt2: GPT-2 parity, Auto-class and remote-code round trips, GPT-2 and nanoGPT checkpoints, presets."""
+import importlib
 import json
 import math
 import os
@@ -30,7 +31,7 @@ from dcls_zoo.lm import (
 )
 from dcls_zoo.lm.configuration_ortho_gpt2 import ACTIVATION_DEFAULT_DEGREES
 
-torchortho = pytest.importorskip("torchortho")
+torchortho = importlib.import_module("torchortho")
 
 TINY = dict(vocab_size=61, n_positions=32, n_embd=16, n_layer=2, n_head=2, bos_token_id=0, eos_token_id=0,
             resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)

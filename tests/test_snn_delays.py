@@ -1,4 +1,5 @@
 """SNN with learnable delays: parity with the original network assembled from dcls + spikingjelly (test-only)."""
+import importlib
 import numpy as np
 import pytest
 import timm
@@ -11,7 +12,7 @@ from dcls_zoo.models.snn_delays import (
     export_integer_delays, rounded_delays, snn_delays_param_groups,
 )
 
-DCLS = pytest.importorskip("DCLS.construct.modules")
+DCLS = importlib.import_module("DCLS.construct.modules")
 from spikingjelly.activation_based import functional, layer, neuron, surrogate  # noqa: E402
 
 SHD_TAU = (10.05 + 1e-9) / 10
@@ -345,7 +346,7 @@ def test_timm_contract_pieces():
 # ------------------------------------------------------------------------------------------ SHD/SSC event files
 
 def _write_event_file(path, samples, labels, time_dtype):
-    h5py = pytest.importorskip("h5py")
+    h5py = importlib.import_module("h5py")
     with h5py.File(path, "w") as f:
         grp = f.create_group("spikes")
         times = grp.create_dataset("times", (len(samples),), dtype=h5py.vlen_dtype(np.dtype(time_dtype)))
