@@ -60,8 +60,7 @@ def _run_train(args: argparse.Namespace) -> int:
         cfg, preset = config_from_args(args)
         run_training(cfg, preset=preset)
     except (ValueError, OSError, NonFiniteLossError) as err:  # OSError: unreadable data, read-only or full disk
-        print(f"dcls-zoo train: error: {err}", file=sys.stderr)
-        return 1
+        return _error("train", err)
     return 0
 
 
@@ -171,7 +170,9 @@ def _run_tag(args: argparse.Namespace) -> int:
 def _error(command: str, err: BaseException) -> int:
     """One line on stderr for an error the user can fix; exit status 1."""
     message = " ".join(str(err).split()) or type(err).__name__
-    print(f"dcls-zoo {command}: error: {message}", file=sys.stderr)
+    # one write: under torchrun / accelerate launch (unbuffered stderr) the processes' lines must not interleave
+    sys.stderr.write(f"dcls-zoo {command}: error: {message}\n")
+    sys.stderr.flush()
     return 1
 
 
