@@ -217,3 +217,20 @@ def test_registered_url_checkpoint_is_downloaded_then_loaded_safely(tmp_path, mo
     monkeypatch.setattr(builder, "download_cached_file", offline)
     with pytest.raises(RuntimeError, match=r"could not download .* pretrained_cfg_overlay=dict\(file=PATH\)"):
         timm.create_model("dcls_convnext_tiny", pretrained=True)
+
+
+def test_pretrained_as_feature_extractor_does_not_announce_a_random_head(tmp_path, caplog):
+    source = timm.create_model("dcls_convnext_atto", num_classes=7)
+    path = tmp_path / "weights.pth"
+    torch.save(source.state_dict(), path)
+    with caplog.at_level("INFO"):
+        model = timm.create_model("dcls_convnext_atto", pretrained=True, num_classes=0,
+                                  pretrained_cfg_overlay=dict(file=str(path)))
+    messages = [r.getMessage() for r in caplog.records if "classifier" in r.getMessage()]
+    assert not any("randomly initialised" in m for m in messages)
+    assert any("is not loaded (num_classes=0)" in m for m in messages)
+    with caplog.at_level("WARNING"):
+        timm.create_model("dcls_convnext_atto", pretrained=True, num_classes=3,
+                          pretrained_cfg_overlay=dict(file=str(path)))
+    assert any("has 7 classes" in r.getMessage() and "head of 3 classes" in r.getMessage() for r in caplog.records)
+    assert model.num_classes == 0

@@ -58,11 +58,17 @@ def _warn_if_head_replaced(state_dict: dict, model: nn.Module) -> None:
     classifier = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")
     for name in [classifier] if isinstance(classifier, str) else (classifier or []):
         weight = state_dict.get(f"{name}.weight")
-        if weight is not None and weight.shape[0] != getattr(model, "num_classes", weight.shape[0]):
+        num_classes = getattr(model, "num_classes", None)
+        if weight is None or num_classes is None or weight.shape[0] == num_classes:
+            continue
+        if num_classes == 0:   # a feature extractor: timm drops the classifier, nothing random is added
+            _logger.info("%s: the checkpoint's classifier %r (%d classes) is not loaded (num_classes=0)",
+                         type(model).__name__, name, weight.shape[0])
+        else:
             _logger.warning(
                 "%s: the checkpoint's classifier %r has %d classes; it is not loaded and a new, randomly initialised "
                 "head of %d classes (num_classes) takes its place", type(model).__name__, name, weight.shape[0],
-                model.num_classes,
+                num_classes,
             )
 
 
