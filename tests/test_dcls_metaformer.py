@@ -195,5 +195,6 @@ def test_gauss_convformer_matches_the_original_recipe_and_has_no_published_weigh
     from dcls_zoo.hub.cards import model_card
 
     card = str(model_card("dcls_gauss_convformer_s18"))
-    assert "- **Weights:** no published weights" in card and "http" not in card.split("## ")[1]
+    assert "- **Published weights:** none from the authors for `dcls_gauss_convformer_s18`" in card
+    assert "http" not in card.split("## ")[1]
     assert "- **Parameters:** 26,757,808 " in card and "gauss" in card

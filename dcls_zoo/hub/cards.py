@@ -396,8 +396,10 @@ def model_card(name: str, model: Optional[nn.Module] = None, org: str = HUB_ORG)
             f"- **Classes:** {getattr(model, 'num_classes', cfg.get('num_classes'))}",
         ]
         if not (cfg.get("url") or cfg.get("hf_hub_id") or cfg.get("file")):
-            lines += ["- **Weights:** no published weights (the authors released no checkpoint for this "
-                      "architecture; `pretrained=True` is refused)"]
+            # the architecture has no authors' checkpoint; the weights of a saved folder are its own
+            lines += [f"- **Published weights:** none from the authors for `{name.partition('.')[0]}` "
+                      f"(`timm.create_model(\"{name.partition('.')[0]}\", pretrained=True)` is refused); the weights "
+                      f"in this repository are its own"]
     else:
         lines += [f"- **Model type:** `{model.config.model_type}` (transformers, registered by `import dcls_zoo`)",
                   f"- **Parameters:** {unique_parameter_count(model):,}"]
