@@ -14,7 +14,10 @@ _METHODS = ("gradcam", "threshold")
 
 
 def _error(command: str, err: BaseException) -> int:
-    print(f"dcls-zoo {command}: error: {err}", file=sys.stderr)
+    # as `dcls_zoo.cli._error` (which this module cannot import: cli sits above interpret): one line, one write
+    message = " ".join(str(err).split()) or type(err).__name__
+    sys.stderr.write(f"dcls-zoo {command}: error: {message}\n")
+    sys.stderr.flush()
     return 1
 
 
