@@ -210,7 +210,7 @@ def _saved_tensors(folder: Path, weights: list[Path]) -> dict[str, tuple[int, ..
 def _check_timm_weights(folder: Path, weights: list[Path]) -> None:
     import timm
     import torch
-    from timm.models._hub import load_model_config_from_path
+    from ..models._timm_private import load_model_config_from_path
 
     pretrained_cfg, model_name, model_args = load_model_config_from_path(folder)
     if not timm.is_model(model_name):

@@ -276,7 +276,7 @@ def save_folder(
         model.save_pretrained(str(folder))
         name = model_name or getattr(model.config, "name_or_path", None) or model.config.model_type
     else:
-        from timm.models._hub import save_config_for_hf
+        from ..models._timm_private import save_config_for_hf
 
         arch = _timm_architecture(model)
         save_config_for_hf(model, str(folder / CONFIG_NAME), model_config=model_config, model_args=model_args,
@@ -385,7 +385,7 @@ def load_folder(
     Extra `kwargs` go to `timm.create_model` (e.g. drop_path_rate, device).
     """
     import timm
-    from timm.models._hub import load_model_config_from_path
+    from ..models._timm_private import load_model_config_from_path
 
     folder = _resolve_folder(source, revision=revision, cache_dir=cache_dir)
     kind, arch = folder_architecture(folder)

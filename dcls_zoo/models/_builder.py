@@ -23,10 +23,10 @@ from typing import Any, Callable, Optional
 
 import torch.nn as nn
 from timm.models import build_model_with_cfg
-from timm.models._builder import _resolve_pretrained_source
-from timm.models._hub import download_cached_file
-from timm.models._pretrained import PretrainedCfg
-from timm.models._registry import get_pretrained_cfg
+from ._timm_private import resolve_pretrained_source
+from ._timm_private import download_cached_file
+from timm.models import PretrainedCfg
+from timm.models import get_pretrained_cfg
 
 from ..layers.replace import expand_shared_entries, fold_shared_entries
 from ._files import FolderFileError, check_checkpoint_file, check_local_dir, describe_load_error
@@ -115,7 +115,7 @@ def _with_url_as_file(variant: str, kwargs: dict[str, Any]) -> dict[str, Any]:
         return kwargs
     cfg = cfg.to_dict() if isinstance(cfg, PretrainedCfg) else dict(cfg)
     cfg.update(kwargs.get("pretrained_cfg_overlay") or {})
-    source, location = _resolve_pretrained_source(cfg)
+    source, location = resolve_pretrained_source(cfg)
     if source != "url":
         return kwargs
     try:

@@ -36,7 +36,7 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 from timm.layers import trunc_normal_
-from timm.models._manipulate import checkpoint_seq
+from timm.models import checkpoint_seq
 from timm.models import convnext as timm_convnext
 from timm.models import fastvit as timm_fastvit
 from timm.models import generate_default_cfgs, register_model

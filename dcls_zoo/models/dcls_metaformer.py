@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from timm.models import generate_default_cfgs, register_model
 from timm.models import metaformer as timm_metaformer
-from timm.models._manipulate import checkpoint_seq
+from timm.models import checkpoint_seq
 from timm.models.metaformer import MetaFormer, MlpHead
 
 from ..layers import DclsModelMixin, dclsify

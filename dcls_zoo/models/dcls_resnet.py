@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 from timm.models import generate_default_cfgs, register_model
-from timm.models._manipulate import checkpoint_seq
+from timm.models import checkpoint_seq
 from timm.models.resnet import Bottleneck, ResNet
 
 from ..layers import DclsModelMixin, dclsify

@@ -30,8 +30,8 @@ import torch.nn as nn
 from timm.layers import SEModule, get_device_dtype
 from timm.layers.classifier import create_classifier
 from timm.models import generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
-from timm.models._manipulate import checkpoint_seq
+from ._timm_private import feature_take_indices
+from timm.models import checkpoint_seq
 from timm.models.convmixer import ConvMixer
 from timm.models.resnet import BasicBlock, downsample_conv
 

@@ -41,7 +41,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import LayerNorm2d, SelectAdaptivePool2d, trunc_normal_
 from timm.models import generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
+from ._timm_private import feature_take_indices
 from torch.utils.checkpoint import checkpoint
 
 from ..data.audioset_labels import AUDIOSET_LABELS

@@ -41,7 +41,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import get_device_dtype
 from timm.models import generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
+from ._timm_private import feature_take_indices
 from torch.utils.checkpoint import checkpoint
 
 from ..layers.dcls import Dcls1d, DclsModelMixin, clamp_dcls_parameters, enable_position_clamp
