@@ -22,7 +22,7 @@ _LAYER_EXPORTS = (
     "TropicalRationalActivation", "clamp_dcls_parameters", "dclsify", "freeze_dcls", "share_kernels",
     "tie_dcls_positions",
 )
-_SUBMODULES = ("audio_io", "bench", "cli", "data", "hub", "interpret", "layers", "lm", "models", "registry", "train")
+_SUBMODULES = ("cli", "data", "hub", "interpret", "layers", "lm", "models", "train")
 # Set (only while it imports this package) by the `dcls-zoo` console script, which registers after parsing.
 _DEFER_REGISTRATION_ENV = "_DCLS_ZOO_DEFER_REGISTRATION"
 

@@ -28,7 +28,7 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
 def _run_models(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .registry import format_model_table, model_table, update_readme
+    from .hub.model_table import format_model_table, model_table, update_readme
 
     if args.write_readme:
         changed = update_readme(Path(args.write_readme))
@@ -132,7 +132,7 @@ def _run_tag(args: argparse.Namespace) -> int:
 
     import timm
 
-    from .audio_io import read_audio, tag_waveform, to_mono
+    from .data.audio_io import read_audio, tag_waveform, to_mono
 
     try:
         if args.top < 1:

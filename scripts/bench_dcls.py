@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from dcls_zoo.bench import alternating_times, cuda_peak_bytes, saved_bytes_for_backward, write_marked_section
+from bench_common import alternating_times, cuda_peak_bytes, saved_bytes_for_backward, write_marked_section
 from dcls_zoo.layers import Dcls2d
 from dcls_zoo.layers.dcls_conv import FFT_MIN_KERNEL_TAPS, _fft_weight_grad, choose_weight_grad_path
 

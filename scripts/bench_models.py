@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 import dcls_zoo  # noqa: F401  (registers the zoo's models with timm)
-from dcls_zoo.bench import alternating_times, write_marked_section
+from bench_common import alternating_times, write_marked_section
 
 ROOT = Path(__file__).resolve().parents[1]
 # DCLS model -> its 7x7 (ResNet: 3x3) timm baseline.

@@ -26,7 +26,7 @@ import timm
 import torch
 
 import dcls_zoo  # noqa: F401
-from dcls_zoo.bench import best_time, cuda_peak_bytes
+from bench_common import best_time, cuda_peak_bytes
 from dcls_zoo.layers import Dcls1d, Dcls2d, Dcls3d
 
 

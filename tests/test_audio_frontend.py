@@ -302,7 +302,7 @@ def test_mean_average_precision_perfect_and_bad_input():
 # ---------------------------------------------------------------------------------------------------------------
 
 def test_wav_round_trip_and_24_bit_files(tmp_path):
-    from dcls_zoo.audio_io import pad_or_crop, read_audio, split_clips, to_mono, write_wav
+    from dcls_zoo.data.audio_io import pad_or_crop, read_audio, split_clips, to_mono, write_wav
 
     x = torch.stack([_signals(0.2)["chirp"].float(), 0.5 * _signals(0.2)["noise"].float()])
     write_wav(tmp_path / "a.wav", x, SR)

@@ -488,7 +488,7 @@ def test_dcls_audio_timm_contract(name):
 # ---------------------------------------------------------------------------------------------------------------
 
 def test_tag_command_prints_the_models_top_labels(tmp_path, capsys):
-    from dcls_zoo.audio_io import pad_or_crop, read_audio, write_wav
+    from dcls_zoo.data.audio_io import pad_or_crop, read_audio, write_wav
     from dcls_zoo.cli import main
 
     t = torch.arange(int(1.5 * SR)) / SR

@@ -13,7 +13,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from dcls_zoo.audio_io import write_wav
+from dcls_zoo.data.audio_io import write_wav
 from dcls_zoo.cli import COMMANDS
 from dcls_zoo.cli import main as cli_main
 

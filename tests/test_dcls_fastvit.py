@@ -27,7 +27,7 @@ from timm.models import fastvit as timm_fastvit
 from timm.models import reparameterize_model
 
 from dcls_zoo.layers import DclsNd
-from dcls_zoo.layers.replace import expand_shared_entries, shared_parameter_groups
+from dcls_zoo.layers.sharing import expand_shared_entries, shared_parameter_groups
 from dcls_zoo.models.dcls_fastvit import DclsFastVit, checkpoint_filter_fn
 from dcls_oracle import is_depthwise, original_replace_dcls, randomize_norm_statistics
 

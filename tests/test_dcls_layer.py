@@ -1,13 +1,16 @@
 """The DCLS operator against the authors' `dcls` 0.1.1 package (test-only oracle)."""
-import importlib
 import copy
+import importlib
 import io
 import logging
+import os
+import sys
 
 import pytest
 import torch
 
-from dcls_zoo.bench import saved_bytes_for_backward
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
+from bench_common import saved_bytes_for_backward  # noqa: E402  (the benchmarks' own measure, in scripts/)
 from dcls_zoo.layers import Dcls1d, Dcls2d, Dcls3d, clamp_dcls_parameters, dcls_position_parameter_names
 
 ref_modules = importlib.import_module("DCLS.construct.modules")

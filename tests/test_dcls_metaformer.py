@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 from timm.models import metaformer as timm_metaformer
 
-from dcls_zoo.layers.replace import expand_shared_entries, shared_parameter_groups
+from dcls_zoo.layers.sharing import expand_shared_entries, shared_parameter_groups
 from dcls_zoo.models.dcls_metaformer import DclsMetaFormer, checkpoint_filter_fn
 from dcls_oracle import original_replace_dcls
 

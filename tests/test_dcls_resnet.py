@@ -19,7 +19,7 @@ import torch.nn as nn
 from timm.models import resnet as timm_resnet
 
 from dcls_zoo.layers import DclsNd
-from dcls_zoo.layers.replace import expand_shared_entries, shared_parameter_groups
+from dcls_zoo.layers.sharing import expand_shared_entries, shared_parameter_groups
 from dcls_zoo.models.dcls_resnet import DclsResNet, checkpoint_filter_fn
 from dcls_oracle import original_replace_dcls, randomize_norm_statistics
 

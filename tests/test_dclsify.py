@@ -25,7 +25,7 @@ import torch.nn as nn
 
 import dcls_zoo
 from dcls_zoo.layers import DclsNd, clamp_dcls_parameters, dcls_position_parameter_names
-from dcls_zoo.layers.replace import shared_parameter_groups
+from dcls_zoo.layers.sharing import shared_parameter_groups
 from dcls_oracle import original_replace_dcls
 
 dcls_modules = importlib.import_module("DCLS.construct.modules")

@@ -6,7 +6,7 @@ import torch.nn as nn
 from safetensors import safe_open
 from safetensors.torch import load_model, save_model
 
-from dcls_zoo.layers.replace import shared_parameter_groups
+from dcls_zoo.layers.sharing import shared_parameter_groups
 from dcls_zoo.layers.sharing import share_kernels
 from dcls_zoo.models.kernel_sharing import checkpoint_filter_fn
 

@@ -312,7 +312,7 @@ def test_a_container_that_would_run_code_is_refused(tmp_path):
 
 
 def test_tag_command_runs_a_panns_checkpoint(tmp_path, capsys):
-    from dcls_zoo.audio_io import pad_or_crop, read_audio, write_wav
+    from dcls_zoo.data.audio_io import pad_or_crop, read_audio, write_wav
     from dcls_zoo.cli import main
 
     t = torch.arange(int(1.5 * SR)) / SR

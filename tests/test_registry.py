@@ -6,7 +6,7 @@ from pathlib import Path
 import timm
 
 from dcls_zoo.cli import main
-from dcls_zoo.registry import README_BEGIN, format_model_table, model_table, readme_with_table, zoo_model_names
+from dcls_zoo.hub.model_table import README_BEGIN, format_model_table, model_table, readme_with_table, zoo_model_names
 
 ROOT = Path(__file__).resolve().parents[1]
 

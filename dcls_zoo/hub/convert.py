@@ -96,7 +96,7 @@ def fixed_input(shape: tuple[int, ...], seed: int = 0, dtype: torch.dtype = torc
 
 
 def _shared_count(model: nn.Module) -> int:
-    from ..layers.replace import shared_parameter_groups
+    from ..layers.sharing import shared_parameter_groups
 
     return len(shared_parameter_groups(model))
 

@@ -305,7 +305,7 @@ def load_weights(model: nn.Module, source: PathLike) -> nn.Module:
     Keys and shapes must match the model (ValueError naming the differences otherwise); copies of a shared tensor
     must agree; recorded ties are restored on the model.
     """
-    from dcls_zoo.layers.replace import fold_shared_entries
+    from dcls_zoo.layers.sharing import fold_shared_entries
 
     path = Path(source)
     if path.is_dir():

@@ -11,10 +11,9 @@ from .dcls import (  # noqa: F401
 from .dcls_conv import choose_weight_grad_path, dcls_conv, dcls_conv_paths  # noqa: F401
 from .dcls_partial import Dcls2dK1d, Dcls3_1d  # noqa: F401
 from .metrics import average_precision_per_class, mean_average_precision  # noqa: F401
-from .replace import (  # noqa: F401
-    check_shared_copies_equal, dclsify, default_stage_groups, expand_shared_entries, fold_shared_entries,
-    freeze_dcls, is_depthwise_conv2d,
-    restore_shared_entries, shared_parameter_groups, tie_dcls_positions,
+from .replace import dclsify, default_stage_groups, freeze_dcls, is_depthwise_conv2d, tie_dcls_positions  # noqa: F401
+from .sharing import (  # noqa: F401
+    TiedParametersMixin, check_shared_copies_equal, expand_shared_entries, fold_shared_entries, share_kernels,
+    shared_parameter_groups, tied_parameter_groups,
 )
-from .sharing import TiedParametersMixin, share_kernels, tied_parameter_groups  # noqa: F401
 from .spiking import LIFNeuron, TimeSharedDropout  # noqa: F401

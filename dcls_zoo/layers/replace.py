@@ -21,12 +21,9 @@ import torch
 import torch.nn as nn
 
 from .dcls import Dcls2d, DclsNd, enable_position_clamp
-from .sharing import tied_parameter_groups
 
 __all__ = [
-    "dclsify", "tie_dcls_positions", "default_stage_groups", "is_depthwise_conv2d", "shared_parameter_groups",
-    "check_shared_copies_equal", "restore_shared_entries", "fold_shared_entries", "expand_shared_entries",
-    "freeze_dcls",
+    "dclsify", "tie_dcls_positions", "default_stage_groups", "is_depthwise_conv2d", "freeze_dcls",
 ]
 
 ConvFilter = Callable[[str, nn.Conv2d], bool]
@@ -166,66 +163,6 @@ def dclsify(
         tie_dcls_positions(model, groups=groups, check_equal=False)
     enable_position_clamp(model)
     return model
-
-
-def shared_parameter_groups(model: nn.Module) -> list[list[str]]:
-    """Names under which one tensor is used: `[owner's name, follower names...]` for shared positions and kernels
-    (only the owner's name is in the state dict), plus any Parameter object registered under several names."""
-    groups = tied_parameter_groups(model)
-    by_id: dict[int, list[str]] = {}
-    for name, p in model.named_parameters(remove_duplicate=False):
-        by_id.setdefault(id(p), []).append(name)
-    groups.extend(names for names in by_id.values() if len(names) > 1)
-    return groups
-
-
-def check_shared_copies_equal(state_dict: dict, model: nn.Module) -> None:
-    """Raise ValueError if a checkpoint holds different values under names the model ties together.
-
-    The originals repeat a shared tensor under every layer's name; the model keeps one tensor per group, so copies
-    that disagree cannot be loaded faithfully.
-    """
-    for names in shared_parameter_groups(model):
-        present = [n for n in names if n in state_dict]
-        for name in present[1:]:
-            if not torch.equal(state_dict[name], state_dict[present[0]]):
-                raise ValueError(
-                    f"checkpoint entries {present[0]!r} and {name!r} should hold one shared tensor but differ"
-                )
-
-
-def fold_shared_entries(state_dict: dict, model: nn.Module) -> dict:
-    """A checkpoint in the model's one-key-per-shared-tensor form; returns a new dict.
-
-    Accepts every form a shared tensor has been stored in: the originals' (a copy under every layer's name: the
-    copies must agree, then only the owner's key is kept), ours (the owner's key only, as `state_dict()` gives it
-    and older `dcls_zoo.hub` folders store it) and a copy under a follower's name only (moved to the owner's).
-    Names of a group that are all absent stay absent (strict loading then reports them).
-    """
-    check_shared_copies_equal(state_dict, model)
-    state_dict = dict(state_dict)
-    for names in tied_parameter_groups(model):
-        owner, followers = names[0], names[1:]
-        present = [n for n in followers if n in state_dict]
-        if owner not in state_dict and present:
-            state_dict[owner] = state_dict[present[0]]
-        for name in present:
-            del state_dict[name]
-    return state_dict
-
-
-# the loaders' name from before shared tensors had one owner
-restore_shared_entries = fold_shared_entries
-
-
-def expand_shared_entries(state_dict: dict, model: nn.Module) -> dict:
-    """The originals' form of a state dict: each shared tensor also under every follower's name (the inverse of
-    `fold_shared_entries`; for exporting to the authors' code, which expects every layer's copy)."""
-    state_dict = dict(state_dict)
-    for owner, *followers in tied_parameter_groups(model):
-        if owner in state_dict:
-            state_dict.update(dict.fromkeys(followers, state_dict[owner]))
-    return state_dict
 
 
 def freeze_dcls(model: nn.Module) -> nn.Module:

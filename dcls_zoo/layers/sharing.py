@@ -23,7 +23,8 @@ import torch.nn as nn
 
 __all__ = [
     "share_kernels", "conv_signature", "TiedParametersMixin", "tied_parameter_groups", "TiedConv1d", "TiedConv2d",
-    "TiedConv3d",
+    "TiedConv3d", "shared_parameter_groups", "check_shared_copies_equal", "fold_shared_entries",
+    "expand_shared_entries",
 ]
 
 _CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -249,3 +250,61 @@ def share_kernels(
             members.append(name)
         groups.extend(members for members in owners.values() if len(members) > 1)
     return groups
+
+
+# ---- state dicts of models with shared tensors: the checkpoint forms that load into them ----
+
+def shared_parameter_groups(model: nn.Module) -> list[list[str]]:
+    """Names under which one tensor is used: `[owner's name, follower names...]` for shared positions and kernels
+    (only the owner's name is in the state dict), plus any Parameter object registered under several names."""
+    groups = tied_parameter_groups(model)
+    by_id: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        by_id.setdefault(id(p), []).append(name)
+    groups.extend(names for names in by_id.values() if len(names) > 1)
+    return groups
+
+
+def check_shared_copies_equal(state_dict: dict, model: nn.Module) -> None:
+    """Raise ValueError if a checkpoint holds different values under names the model ties together.
+
+    The originals repeat a shared tensor under every layer's name; the model keeps one tensor per group, so copies
+    that disagree cannot be loaded faithfully.
+    """
+    for names in shared_parameter_groups(model):
+        present = [n for n in names if n in state_dict]
+        for name in present[1:]:
+            if not torch.equal(state_dict[name], state_dict[present[0]]):
+                raise ValueError(
+                    f"checkpoint entries {present[0]!r} and {name!r} should hold one shared tensor but differ"
+                )
+
+
+def fold_shared_entries(state_dict: dict, model: nn.Module) -> dict:
+    """A checkpoint in the model's one-key-per-shared-tensor form; returns a new dict.
+
+    Accepts every form a shared tensor has been stored in: the originals' (a copy under every layer's name: the
+    copies must agree, then only the owner's key is kept), ours (the owner's key only, as `state_dict()` gives it
+    and older `dcls_zoo.hub` folders store it) and a copy under a follower's name only (moved to the owner's).
+    Names of a group that are all absent stay absent (strict loading then reports them).
+    """
+    check_shared_copies_equal(state_dict, model)
+    state_dict = dict(state_dict)
+    for names in tied_parameter_groups(model):
+        owner, followers = names[0], names[1:]
+        present = [n for n in followers if n in state_dict]
+        if owner not in state_dict and present:
+            state_dict[owner] = state_dict[present[0]]
+        for name in present:
+            del state_dict[name]
+    return state_dict
+
+
+def expand_shared_entries(state_dict: dict, model: nn.Module) -> dict:
+    """The originals' form of a state dict: each shared tensor also under every follower's name (the inverse of
+    `fold_shared_entries`; for exporting to the authors' code, which expects every layer's copy)."""
+    state_dict = dict(state_dict)
+    for owner, *followers in tied_parameter_groups(model):
+        if owner in state_dict:
+            state_dict.update(dict.fromkeys(followers, state_dict[owner]))
+    return state_dict

@@ -28,7 +28,7 @@ from ._timm_private import download_cached_file
 from timm.models import PretrainedCfg
 from timm.models import get_pretrained_cfg
 
-from ..layers.replace import expand_shared_entries, fold_shared_entries
+from ..layers.sharing import expand_shared_entries, fold_shared_entries
 from ._files import FolderFileError, check_checkpoint_file, check_local_dir, describe_load_error
 
 __all__ = ["build_dcls_model", "tied_checkpoint_filter", "unwrap_checkpoint", "with_every_shared_copy"]

@@ -15,7 +15,7 @@ The model is timm's own `ConvNeXt` (ConvNeXt-T: depths 3-3-9-3, dims 96-192-384-
 
 Mixup on the log-mel (the original's `mixup_lambda`) is not part of `forward`; trainers mix waveforms or targets.
 Clips of any length of at least `min_samples` (0.23 s) are accepted; the original demo pads/crops to 10 s, which
-`dcls_zoo.audio_io.pad_or_crop` does.
+`dcls_zoo.data.audio_io.pad_or_crop` does.
 
 Checkpoints: the authors' Hugging Face safetensors (`topel/ConvNeXt-Tiny-AT`, gated: needs a token) and Zenodo
 record 8020843 `.pth` files (PANNs-style training containers, weights under 'model'). Both hold the original key
@@ -135,7 +135,7 @@ class AudioSetConvNeXt(timm_convnext.ConvNeXt):
                 raise ValueError(
                     f"clip of {x.shape[-1]} samples is too short for {type(self).__name__}: at least "
                     f"{self.min_samples} ({self.min_samples / self.sample_rate:.2f} s at {self.sample_rate} Hz) are "
-                    "needed; pad it (dcls_zoo.audio_io.pad_or_crop pads to 10 s as the original demo does)"
+                    "needed; pad it (dcls_zoo.data.audio_io.pad_or_crop pads to 10 s as the original demo does)"
                 )
         if isinstance(x, torch.Tensor) and x.is_floating_point() and input_checks_enabled():
             check_input_dtype(x, self.stem[0].weight.dtype, type(self).__name__)

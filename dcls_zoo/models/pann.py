@@ -260,7 +260,7 @@ class PANN(nn.Module):
             raise ValueError(
                 f"clip of {x.shape[-1]} samples is too short for {type(self).__name__}: at least {self.min_samples} "
                 f"({self.min_samples / self.sample_rate:.2f} s at {self.sample_rate} Hz) are needed; pad it "
-                "(dcls_zoo.audio_io.pad_or_crop pads to 10 s as the original demo does)"
+                "(dcls_zoo.data.audio_io.pad_or_crop pads to 10 s as the original demo does)"
             )
         return self.stem(self.frontend(x))
 
