@@ -575,6 +575,9 @@ class Trainer:
     def end_training(self) -> None:
         """Close the trackers and tear the process group down: the last call of a job, after every collective."""
         self.finish_trackers()
+        # Every rank reaches this point before any tears its side down: a gloo process shutting its connections
+        # while another still finishes its last collective (or writes the folder) can abort that other process.
+        self.accelerator.wait_for_everyone()
         self.accelerator.state.destroy_process_group()
 
     def _run_eval(self) -> dict[str, float]:
