@@ -10,7 +10,12 @@ import pytest
 import torch
 import torch.nn as nn
 
-import dcls_zoo.layers.activations as activations
+import torchortho
+from third_party_paths import require_third_party
+
+import dcls_zoo.layers.activations.eager as eager
+import dcls_zoo.layers.activations.kernels as kernels
+import dcls_zoo.layers.activations.modules as modules
 from dcls_zoo.layers.activations import (
     FourierActivation,
     HermiteActivation,
@@ -22,8 +27,6 @@ from dcls_zoo.layers.activations import (
     hermite_to_monomial,
     set_compiled_activations,
 )
-
-torchortho = pytest.importorskip("torchortho")
 
 PAIRS = [
     (torchortho.HermiteActivation, HermiteActivation, (1, 2, 3, 5, 8)),
@@ -337,9 +340,7 @@ def test_activation_parameter_names_and_factory():
 
 def test_tensor_scalar_path_used_off_cpu_matches(monkeypatch):
     """Off CPU the coefficients stay 0-dim device tensors (no host sync); run that path here and compare."""
-    import dcls_zoo.layers.activations as module
-
-    monkeypatch.setattr(module, "_scalars", lambda values, like: list(values.to(like.dtype).unbind(0)))
+    monkeypatch.setattr(eager, "_scalars", lambda values, like: list(values.to(like.dtype).unbind(0)))
     for ref_cls, our_cls, degree in [(torchortho.HermiteActivation, HermiteActivation, 3),
                                      (torchortho.FourierActivation, FourierActivation, 5),
                                      (torchortho.TropicalActivation, TropicalActivation, 5)]:
@@ -351,13 +352,8 @@ def test_tensor_scalar_path_used_off_cpu_matches(monkeypatch):
 
 @pytest.fixture(scope="module")
 def torchortho_legacy():
-    """torchortho 0.1.1 (the legacy scheme's origin), fetched from PyPI at test time and imported on the side."""
-    from third_party_fetch import FetchError, fetch_wheel
-
-    try:
-        root = str(fetch_wheel("torchortho", "0.1.1"))
-    except FetchError as error:
-        pytest.skip(f"torchortho 0.1.1 unavailable: {error}")
+    """torchortho 0.1.1 (the legacy scheme's origin), fetched before pytest and imported on the side."""
+    root = str(require_third_party("torchortho-0.1.1"))  # not fetched: fails the test, naming the fetch command
     installed = {k: sys.modules.pop(k) for k in list(sys.modules) if k.split(".")[0] == "torchortho"}
     sys.path.insert(0, root)
     try:
@@ -503,7 +499,7 @@ def test_fast_sin_cos_polynomials_are_float32_accurate():
     """The compiled kernels' float32 sine/cosine (range reduction in turns + polynomials) against float64."""
     turns = torch.cat([torch.linspace(-1000, 1000, 400_001), torch.linspace(-1, 1, 100_001),
                        torch.tensor([0.0, 0.25, 0.5, -0.25, -0.5, 0.125, 1e-8])])
-    cos, sin = activations._cos_sin_turns(turns, exact=False)
+    cos, sin = kernels._cos_sin_turns(turns, exact=False)
     theta = turns.double() * (2 * math.pi)  # the same float32 argument, evaluated exactly
     # within 2.5 float32 ulps of 1 (polynomial error < 5e-8 plus Horner's rounding in float32, no FMA here)
     assert (cos.double() - theta.cos()).abs().max() < 3e-7
@@ -511,27 +507,27 @@ def test_fast_sin_cos_polynomials_are_float32_accurate():
 
 
 def test_compiled_switch_and_argument_errors(monkeypatch):
-    monkeypatch.setattr(activations, "_compiled_default", None)
+    monkeypatch.setattr(kernels, "_compiled_default", None)
     monkeypatch.delenv("DCLS_ZOO_COMPILED_ACTIVATIONS", raising=False)
     calls = []
-    real = activations._compiled
-    monkeypatch.setattr(activations, "_compiled", lambda kind, *a: calls.append(kind) or real(kind, *a))
-    monkeypatch.setattr(activations, "_compiler_works", {"cpu": False})  # as where torch.compile fails
+    real = modules._compiled
+    monkeypatch.setattr(modules, "_compiled", lambda kind, *a: calls.append(kind) or real(kind, *a))
+    monkeypatch.setattr(kernels, "_compiler_works", {"cpu": False})  # as where torch.compile fails
     x = torch.randn(4, 256)
     act = HermiteActivation(3)
     act(x)
-    assert calls == [] and not activations.compiled_activations()
-    monkeypatch.setattr(activations, "_compiler_works", {"cpu": True})  # the default where it works
+    assert calls == [] and not kernels.compiled_activations()
+    monkeypatch.setattr(kernels, "_compiler_works", {"cpu": True})  # the default where it works
     act(x)
-    assert calls == [activations._CompiledPolynomial] and activations.compiled_activations()
+    assert calls == [kernels._CompiledPolynomial] and kernels.compiled_activations()
     calls.clear()
     monkeypatch.setenv("DCLS_ZOO_COMPILED_ACTIVATIONS", "0")
     act(x)
-    assert calls == [] and not activations.compiled_activations()
-    monkeypatch.setattr(activations, "_compiler_works", {"cpu": False})
+    assert calls == [] and not kernels.compiled_activations()
+    monkeypatch.setattr(kernels, "_compiler_works", {"cpu": False})
     monkeypatch.setenv("DCLS_ZOO_COMPILED_ACTIVATIONS", "1")  # forced even where the check failed
     act(x)
-    assert calls == [activations._CompiledPolynomial]
+    assert calls == [kernels._CompiledPolynomial]
     set_compiled_activations(False)  # the call wins over the environment
     act(x)
     HermiteActivation(3, compiled=True)(x)  # and the argument over both
@@ -539,7 +535,7 @@ def test_compiled_switch_and_argument_errors(monkeypatch):
     set_compiled_activations(True)
     HermiteActivation(3, compiled=False)(x)
     assert len(calls) == 2
-    monkeypatch.setattr(activations, "_compiled_default", None)
+    monkeypatch.setattr(kernels, "_compiled_default", None)
     monkeypatch.setenv("DCLS_ZOO_COMPILED_ACTIVATIONS", "sometimes")
     with pytest.raises(ValueError, match="DCLS_ZOO_COMPILED_ACTIVATIONS must be 1 or 0, got 'sometimes'"):
         act(x)
@@ -580,10 +576,10 @@ def test_eager_pieces_match_one_piece(monkeypatch):
         ref = ref_cls(**kwargs)
         ours = our_cls(**kwargs, compiled=False)
         ours.load_state_dict(ref.state_dict())
-        monkeypatch.setattr(activations, "_CPU_PIECE", 1 << 18)
+        monkeypatch.setattr(eager, "_CPU_PIECE", 1 << 18)
         whole = _run(ours, x, upstream)
-        monkeypatch.setattr(activations, "_CPU_PIECE", 777)
-        assert len(activations._pieces(x)) == 7
+        monkeypatch.setattr(eager, "_CPU_PIECE", 777)
+        assert len(eager._pieces(x)) == 7
         pieces = _run(ours, x, upstream)
         torch.testing.assert_close(pieces[0], whole[0], rtol=0, atol=0)
         torch.testing.assert_close(pieces[1], whole[1], rtol=0, atol=0)
@@ -615,9 +611,9 @@ def test_inside_a_torch_compiled_model(compiled):
 
 
 def test_default_checks_torch_compile_once_and_falls_back_to_eager_with_one_warning(monkeypatch, caplog):
-    monkeypatch.setattr(activations, "_compiled_default", None)
+    monkeypatch.setattr(kernels, "_compiled_default", None)
     monkeypatch.delenv("DCLS_ZOO_COMPILED_ACTIVATIONS", raising=False)
-    monkeypatch.setattr(activations, "_compiler_works", {})
+    monkeypatch.setattr(kernels, "_compiler_works", {})
     attempts = []
 
     def broken_compile(*args, **kwargs):
@@ -629,7 +625,7 @@ def test_default_checks_torch_compile_once_and_falls_back_to_eager_with_one_warn
     act = FourierActivation(3)
     act.load_state_dict(eager.state_dict())
     x = torch.randn(3, 64)
-    with caplog.at_level(logging.WARNING, logger=activations.__name__):
+    with caplog.at_level(logging.WARNING, logger=kernels.__name__):
         y = act(x)
         act(x)
         TropicalRationalActivation(3)(x)
@@ -638,18 +634,18 @@ def test_default_checks_torch_compile_once_and_falls_back_to_eager_with_one_warn
     assert [r.getMessage() for r in caplog.records] == [
         "dcls_zoo activations: torch.compile does not work on cpu (InductorError: no C++ compiler found); using "
         "the eager functions (set DCLS_ZOO_COMPILED_ACTIVATIONS=0 to skip this check)"]
-    assert activations._compiler_works == {"cpu": False}
+    assert kernels._compiler_works == {"cpu": False}
     # a device type without torch.compile support is never probed
-    assert not activations._torch_compile_works("mps") and len(attempts) == 1
+    assert not kernels._torch_compile_works("mps") and len(attempts) == 1
 
 
 def test_default_is_eager_under_jit_trace(monkeypatch):
-    monkeypatch.setattr(activations, "_compiled_default", None)
+    monkeypatch.setattr(kernels, "_compiled_default", None)
     monkeypatch.delenv("DCLS_ZOO_COMPILED_ACTIVATIONS", raising=False)
-    monkeypatch.setattr(activations, "_compiler_works", {"cpu": True})
+    monkeypatch.setattr(kernels, "_compiler_works", {"cpu": True})
     calls = []
-    real = activations._compiled
-    monkeypatch.setattr(activations, "_compiled", lambda kind, *a: calls.append(kind) or real(kind, *a))
+    real = modules._compiled
+    monkeypatch.setattr(modules, "_compiled", lambda kind, *a: calls.append(kind) or real(kind, *a))
     act = FourierActivation(3)
     x = torch.randn(2, 32)
     traced = torch.jit.trace(act, x, check_trace=False)
