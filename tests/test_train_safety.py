@@ -404,7 +404,7 @@ def test_finetuned_folder_card_curves_and_losses(tmp_path, image_data, monkeypat
     from timm.models import save_for_hf
 
     from dcls_zoo.hub.push import RUN_STATE_DIRS, check_folder
-    from dcls_zoo.train.callbacks import read_jsonl
+    from dcls_zoo.train.curves import read_jsonl
     from dcls_zoo.train.run import run_training
 
     source = tmp_path / "pretrained-src"

@@ -10,7 +10,7 @@ follow the owner (`TiedParametersMixin`: their class becomes `TiedConv1d/2d/3d`,
 read the owner's tensor at every forward). So `state_dict()` and `named_parameters()` hold each shared tensor once,
 and loaders that replace Parameter objects (transformers' `from_pretrained`, peft, FSDP) keep every use in sync.
 The originals' checkpoints repeat the shared tensor under every alias; `dcls_zoo.models._builder`'s
-`tied_checkpoint_filter` checks that the copies agree and drops the followers' keys.
+`zoo_checkpoint_filter` checks that the copies agree and drops the followers' keys.
 """
 from __future__ import annotations
 
@@ -22,9 +22,9 @@ import torch
 import torch.nn as nn
 
 __all__ = [
-    "share_kernels", "conv_signature", "TiedParametersMixin", "tied_parameter_groups", "TiedConv1d", "TiedConv2d",
-    "TiedConv3d", "shared_parameter_groups", "check_shared_copies_equal", "fold_shared_entries",
-    "expand_shared_entries",
+    "share_kernels", "conv_signature", "TiedParametersMixin", "tied_owner_modules", "tied_parameter_groups",
+    "TiedConv1d", "TiedConv2d", "TiedConv3d", "shared_parameter_groups", "check_shared_copies_equal",
+    "fold_shared_entries", "expand_shared_entries",
 ]
 
 _CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -122,6 +122,12 @@ def _owner_for_copy(owner: nn.Module, memo: dict, standalone: bool) -> nn.Module
         if ref is not None and ref() is not None:
             return ref()
     return owner
+
+
+def tied_owner_modules(module: nn.Module) -> dict[str, nn.Module]:
+    """The shared parameters `module` follows (`TiedParametersMixin`): name -> the module that registers it.
+    Empty for any other module."""
+    return dict(module.__dict__.get("_tied_owners") or {})
 
 
 def tied_parameter_groups(model: nn.Module) -> list[list[str]]:

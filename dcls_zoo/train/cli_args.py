@@ -1,11 +1,9 @@
-"""`dcls-zoo train` arguments, generated from `TrainConfig` (one flag per field, help text from its comment)."""
+"""`dcls-zoo train` arguments, generated from `TrainConfig` (one flag per field, help text from its metadata)."""
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import json
-import re
 from typing import Any
 
 from .config import DISTRIBUTED, MIXED_PRECISION, PRESETS, SCHEDULES, TASKS, TrainConfig, config_from_preset
@@ -14,13 +12,8 @@ DEFAULT_PRESET = "digits"
 # Flags that name other data or another task: given without --preset, they start from the plain defaults
 # instead of the digits preset (whose 1-channel 32-pixel settings would not fit other data).
 _LEAVES_DEFAULT_PRESET = ("dataset", "task")
-_CHOICES = {"task": TASKS, "mixed_precision": MIXED_PRECISION, "sched": SCHEDULES,
+_CHOICES = {"task": tuple(TASKS), "mixed_precision": MIXED_PRECISION, "sched": SCHEDULES,
             "report_to": ("auto", "tensorboard", "none"), "distributed": DISTRIBUTED}
-
-
-def _field_help() -> dict[str, str]:
-    source = inspect.getsource(TrainConfig)
-    return {m.group(1): m.group(2).strip() for m in re.finditer(r"^\s+(\w+): [^=]+=.*?#\s*(.+)$", source, re.M)}
 
 
 def _json_dict(text: str) -> dict[str, Any]:
@@ -31,7 +24,6 @@ def _json_dict(text: str) -> dict[str, Any]:
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    helps = _field_help()
     parser.add_argument("--preset", default=None, choices=sorted(PRESETS) + ["none"],
                         help=f"named recipe applied before the other flags (default: {DEFAULT_PRESET!r} unless "
                              "--dataset or --task is given; 'none' for the plain defaults)")
@@ -39,9 +31,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-        text = helps.get(f.name, "")
+        text = f.metadata.get("help", "")
         default = getattr(defaults, f.name)
-        # a comment that states its own default ("default: the model's pretrained_cfg") is the only one printed
+        # a help text that states its own default ("default: the model's pretrained_cfg") is the only one printed
         shown = text if "default" in text else f"{text} (default: {default})" if text else f"(default: {default})"
         kwargs: dict[str, Any] = dict(dest=f.name, default=argparse.SUPPRESS, help=shown)
         if kind == "bool":

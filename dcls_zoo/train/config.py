@@ -11,7 +11,21 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-TASKS = ("image", "audio", "lm", "snn")
+
+def _option(default: Any, help: str) -> Any:
+    """A `TrainConfig` field with its `dcls-zoo train --help` text (read by `cli_args`)."""
+    return field(default=default, metadata={"help": help})
+
+
+# The task kinds: `--task` name -> its `TaskAdapter` class in `dcls_zoo.train.tasks`. This table is where a kind is
+# registered (the `--task` choices, the config check and the trainer read it); it names the class instead of
+# importing it, so this module, which `dcls-zoo train --help` reads, does not import torch.
+TASKS: dict[str, str] = {
+    "image": "ImageClassification",
+    "audio": "AudioTagging",
+    "lm": "CausalLanguageModelling",
+    "snn": "SnnClassification",
+}
 MIXED_PRECISION = ("no", "bf16", "fp16")
 DISTRIBUTED = ("auto", "fsdp2")  # fsdp2: dcls_zoo.train.distributed.apply_fsdp2 (DeepSpeed comes from accelerate)
 SCHEDULES = ("cosine", "poly", "tanh", "wsd", "constant")  # stepped per optimiser update
@@ -19,88 +33,94 @@ SCHEDULES = ("cosine", "poly", "tanh", "wsd", "constant")  # stepped per optimis
 
 @dataclass
 class TrainConfig:
-    """Every option of a training run. Field comments are the `--help` texts of `dcls-zoo train`."""
+    """Every option of a training run. A field's `metadata["help"]` is its `dcls-zoo train --help` text."""
 
     # what to train
-    task: str = "image"  # image | audio (multi-label tagging) | lm (causal language model) | snn
-    model: str = "dcls_convnext_atto"  # timm name / local-dir:..., or for lm a model_type / folder / hub id
-    pretrained: bool = False  # load the model's pretrained weights (a new head is fitted if num_classes differs)
-    num_classes: int | None = None  # default: from the dataset's label feature
-    model_kwargs: dict[str, Any] = field(default_factory=dict)  # extra model constructor / config arguments
+    task: str = _option("image", "image | audio (multi-label tagging) | lm (causal language model) | snn")
+    model: str = _option("dcls_convnext_atto", "timm name / local-dir:..., or for lm a model_type / folder / hub id")
+    pretrained: bool = _option(
+        False, "load the model's pretrained weights (a new head is fitted if num_classes differs)")
+    num_classes: int | None = _option(None, "default: from the dataset's label feature")
+    model_kwargs: dict[str, Any] = field(default_factory=dict,
+                                         metadata={"help": "extra model constructor / config arguments"})
 
     # data
-    dataset: str = "digits"  # Hub dataset id, local folder, or "digits" (scikit-learn's bundled digits)
-    dataset_config: str | None = None  # Hub dataset configuration name
+    dataset: str = _option("digits", "Hub dataset id, local folder, or \"digits\" (scikit-learn's bundled digits)")
+    dataset_config: str | None = _option(None, "Hub dataset configuration name")
     train_split: str = "train"
-    eval_split: str | None = None  # default: validation or test if the dataset has one, else a held-out part
-    eval_fraction: float = 0.2  # fraction of train held out when the dataset has no evaluation split
-    input_column: str | None = None  # default per task: image | audio | text | spikes
+    eval_split: str | None = _option(None, "default: validation or test if the dataset has one, else a held-out part")
+    eval_fraction: float = _option(0.2, "fraction of train held out when the dataset has no evaluation split")
+    input_column: str | None = _option(None, "default per task: image | audio | text | spikes")
     label_column: str = "label"
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     num_workers: int = 0
 
     # image / audio / lm / snn input
-    img_size: int | None = None  # default: the model's pretrained_cfg input size
-    in_chans: int | None = None  # default: the model's pretrained_cfg (1 for grayscale data sets like digits)
+    img_size: int | None = _option(None, "default: the model's pretrained_cfg input size")
+    in_chans: int | None = _option(None, "default: the model's pretrained_cfg (1 for grayscale data sets like digits)")
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     interpolation: str = "bicubic"
-    crop_pct: float | None = None  # evaluation centre-crop fraction (default: the model's pretrained_cfg)
-    scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop area range
+    crop_pct: float | None = _option(None, "evaluation centre-crop fraction (default: the model's pretrained_cfg)")
+    scale: tuple[float, float] = _option((0.08, 1.0), "RandomResizedCrop area range")
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     hflip: float = 0.5
-    auto_augment: str | None = None  # timm string, e.g. rand-m9-mstd0.5-inc1
-    reprob: float = 0.0  # random erasing probability
+    auto_augment: str | None = _option(None, "timm string, e.g. rand-m9-mstd0.5-inc1")
+    reprob: float = _option(0.0, "random erasing probability")
     mixup: float = 0.0
     cutmix: float = 0.0
-    smoothing: float = 0.0  # label smoothing
-    sample_rate: int = 32000  # audio: clips are resampled to this rate
-    clip_seconds: float = 10.0  # audio: clips are cropped / zero-padded to this length
-    tokenizer: str | None = None  # lm: tokenizer id or folder (default: the model folder's tokenizer)
-    block_size: int = 1024  # lm: tokens per training sequence
-    snn_channels: int | None = None  # snn: unit ids are < this when spikes are (times, units) event columns
-    snn_bin_ms: float = 10.0  # snn: frame length for event data (event times in seconds)
-    snn_channel_bins: int = 1  # snn: neighbouring channels summed (SHD/SSC: 5, 700 -> 140)
+    smoothing: float = _option(0.0, "label smoothing")
+    sample_rate: int = _option(32000, "audio: clips are resampled to this rate")
+    clip_seconds: float = _option(10.0, "audio: clips are cropped / zero-padded to this length")
+    tokenizer: str | None = _option(None, "lm: tokenizer id or folder (default: the model folder's tokenizer)")
+    block_size: int = _option(1024, "lm: tokens per training sequence")
+    snn_channels: int | None = _option(None, "snn: unit ids are < this when spikes are (times, units) event columns")
+    snn_bin_ms: float = _option(10.0, "snn: frame length for event data (event times in seconds)")
+    snn_channel_bins: int = _option(1, "snn: neighbouring channels summed (SHD/SSC: 5, 700 -> 140)")
 
     # optimisation
     epochs: int = 30
-    max_steps: int | None = None  # optimiser steps; overrides epochs when set
-    batch_size: int = 64  # per device
+    max_steps: int | None = _option(None, "optimiser steps; overrides epochs when set")
+    batch_size: int = _option(64, "per device")
     eval_batch_size: int | None = None
     grad_accum_steps: int = 1
-    opt: str = "adamw"  # any timm optimizer name
+    opt: str = _option("adamw", "any timm optimizer name")
     lr: float = 2e-3
     weight_decay: float = 0.05
     momentum: float = 0.9
     betas: tuple[float, float] | None = None
     clip_grad: float | None = None
-    model_ema_decay: float | None = None  # keep an EMA of the weights; it is evaluated and saved instead
+    model_ema_decay: float | None = _option(None, "keep an EMA of the weights; it is evaluated and saved instead")
     sched: str = "cosine"
     warmup_epochs: float = 0.0
     warmup_lr: float = 1e-6
     min_lr: float = 1e-6
     drop_path: float | None = None
-    position_lr_scale: float = 5.0  # DCLS positions / sigmas: lr multiplier (weight decay is always 0 there)
-    clamp_positions: bool = True  # DCLS: clamp positions after every optimiser step
-    sigma_schedule: bool = True  # SNN delays: decay sigma after each epoch when the model provides a schedule
+    position_lr_scale: float = _option(5.0, "DCLS positions / sigmas: lr multiplier (weight decay is always 0 there)")
+    clamp_positions: bool = _option(True, "DCLS: clamp positions after every optimiser step")
+    sigma_schedule: bool = _option(True, "SNN delays: decay sigma after each epoch when the model provides a schedule")
 
     # run
     seed: int = 0
-    mixed_precision: str | None = None  # no | bf16 | fp16 (fp16: GPU only); default: accelerate launch's, else no
+    mixed_precision: str | None = _option(
+        None, "no | bf16 | fp16 (fp16: GPU only); default: accelerate launch's, else no")
     cpu: bool = False
-    distributed: str = "auto"  # auto (what accelerate launch set up) | fsdp2 (zoo FSDP2 units; torchrun on CPU)
+    distributed: str = _option(
+        "auto", "auto (what accelerate launch set up) | fsdp2 (zoo FSDP2 units; torchrun on CPU)")
     output_dir: str = "dcls-zoo-output"
-    save_every: int | None = None  # optimiser steps between checkpoints (default: at the end of each epoch)
-    keep_checkpoints: int = 2  # newest checkpoints of this run kept in output_dir/checkpoints; 0: none are written
-    resume: bool = False  # continue the run in output_dir from its latest checkpoint
-    overwrite: bool = False  # replace the run in a non-empty output_dir (what it wrote is deleted, other files kept)
+    save_every: int | None = _option(None, "optimiser steps between checkpoints (default: at the end of each epoch)")
+    keep_checkpoints: int = _option(
+        2, "newest checkpoints of this run kept in output_dir/checkpoints; 0: none are written")
+    resume: bool = _option(False, "continue the run in output_dir from its latest checkpoint")
+    overwrite: bool = _option(
+        False, "replace the run in a non-empty output_dir (what it wrote is deleted, other files kept)")
     eval_every_epochs: int = 1
-    log_every: int = 10  # optimiser steps per logs/metrics.jsonl line; its loss is the mean over those steps
-    report_to: str = "auto"  # auto (TensorBoard when installed) | tensorboard | none
+    log_every: int = _option(10, "optimiser steps per logs/metrics.jsonl line; its loss is the mean over those steps")
+    report_to: str = _option("auto", "auto (TensorBoard when installed) | tensorboard | none")
     progress: bool = True
-    save_model: bool = True  # write the Hub-ready folder (weights, config, card, curves, results) at the end
-    hub_model_id: str | None = None  # name written in the model card
+    save_model: bool = _option(True, "write the Hub-ready folder (weights, config, card, curves, results) at the end")
+    hub_model_id: str | None = _option(None, "name written in the model card")
 
     def __post_init__(self) -> None:
         self.validate()
@@ -138,8 +158,9 @@ class TrainConfig:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
-# The recipes of the papers. Facts from the reference notes: DCLS ConvNeXt ImageNet (dcls.md §3.6), DCLS-Audio
-# AudioSet (audio_snn_sharing_gradcam.md §B), SNN delays SHD (§C), nanoGPT GPT-2 124M (activations.md).
+# The recipes of the papers: DCLS ConvNeXt on ImageNet (arXiv 2112.03740), DCLS-Audio on AudioSet (arXiv 2309.13972),
+# SNN delays on SHD (arXiv 2306.17670), GPT-2 124M as nanoGPT trains it (the learnable-activation baseline,
+# arXiv 2502.01247). The comment above each preset states the values it takes from the paper.
 # The DCLS specifics (positions lr x5 and no weight decay, clamping after each step, no weight decay on
 # activation coefficients, the SNN sigma schedule) are not preset fields: the trainer applies them to every
 # model that has such parameters.

@@ -30,6 +30,7 @@ import torch
 import torch.nn as nn
 
 from ..layers import DclsNd, clamp_dcls_parameters
+from ..layers.sharing import tied_owner_modules
 
 _logger = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def _users_of_shared_tensors(model: nn.Module) -> list[list[str]]:
         for p in module._parameters.values():
             if p is not None:
                 users.setdefault(id(p), set()).add(name)
-        for attr, owner in (module.__dict__.get("_tied_owners") or {}).items():
+        for attr, owner in tied_owner_modules(module).items():
             p = getattr(owner, attr, None)
             if isinstance(p, torch.Tensor):
                 users.setdefault(id(p), set()).add(name)

@@ -20,16 +20,13 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .callbacks import plot_training_curves, read_jsonl
 from .checkpoint import as_os_error
 from .config import TrainConfig, command_line, config_from_preset
+from .curves import plot_training_curves, read_jsonl
+from .tasks import TASK_ADAPTERS
 from .trainer import CURVES_FILE, Trainer, _io_error
 
 _logger = logging.getLogger(__name__)
-
-
-TASK_NAMES = {"image": "image classification", "audio": "audio tagging", "lm": "causal language modelling",
-              "snn": "spiking-network classification"}
 
 
 def _write_json(path: str, values: dict[str, Any]) -> None:
@@ -40,7 +37,7 @@ def _write_json(path: str, values: dict[str, Any]) -> None:
 
 def reload_folder(folder: str, task: str) -> nn.Module:
     """The saved model, loaded through the libraries' public entry points (what a user of the folder runs)."""
-    if task == "lm":
+    if TASK_ADAPTERS[task].library_name == "transformers":
         from transformers import AutoModelForCausalLM
 
         return AutoModelForCausalLM.from_pretrained(folder)
@@ -80,7 +77,7 @@ def base_model_of(model: nn.Module, cfg: TrainConfig) -> str | None:
         return cfg.model[len("hf-hub:"):].split("@")[0]
     if cfg.model.startswith("local-dir:") or os.path.exists(cfg.model):
         return None
-    if cfg.task == "lm":
+    if TASK_ADAPTERS[cfg.task].library_name == "transformers":  # a model id is its Hub id
         return cfg.model
     return (getattr(model, "pretrained_cfg", None) or {}).get("hf_hub_id") or None
 
@@ -112,7 +109,6 @@ def model_card(trainer: Trainer, results: dict[str, Any], command: str) -> str:
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     cfg, adapter = trainer.cfg, trainer.adapter
-    info = adapter.card_info()
     main = adapter.main_metric
     value = results["eval"].get(f"eval_{main}")
     name = cfg.hub_model_id or os.path.basename(os.path.abspath(cfg.output_dir))
@@ -121,11 +117,11 @@ def model_card(trainer: Trainer, results: dict[str, Any], command: str) -> str:
     dataset_name, dataset_hub_id = dataset_label(cfg.dataset)
     metric_id = {"accuracy": "accuracy", "mAP": "map", "perplexity": "perplexity"}.get(main, main)
     data = ModelCardData(
-        library_name=info.get("library_name", "timm"), pipeline_tag=info.get("pipeline_tag"), license="mit",
-        tags=["dcls-zoo", info.get("pipeline_tag", cfg.task), arch], datasets=[dataset_hub_id] if dataset_hub_id
+        library_name=adapter.library_name, pipeline_tag=adapter.pipeline_tag, license="mit",
+        tags=["dcls-zoo", adapter.pipeline_tag or cfg.task, arch], datasets=[dataset_hub_id] if dataset_hub_id
         else None, metrics=[metric_id], model_name=name, base_model=base_model,
         eval_results=None if value is None else [EvalResult(
-            task_type=info.get("pipeline_tag", cfg.task), dataset_type=dataset_hub_id or dataset_name.strip("`"),
+            task_type=adapter.pipeline_tag or cfg.task, dataset_type=dataset_hub_id or dataset_name.strip("`"),
             dataset_name=dataset_name.replace("`", ""), dataset_split=trainer.eval_split, metric_type=metric_id,
             metric_value=round(float(value), 4))],
     )
@@ -142,10 +138,12 @@ def model_card(trainer: Trainer, results: dict[str, Any], command: str) -> str:
         dc = adapter.data_config
         details += (f"\nInput: {tuple(dc['input_size'])} (channels, height, width), {dc['interpolation']} resize, "
                     f"mean {tuple(round(m, 4) for m in dc['mean'])}, std {tuple(round(v, 4) for v in dc['std'])}.")
-    load = ('from transformers import AutoModelForCausalLM\nimport dcls_zoo  # registers the model classes\n'
-            'model = AutoModelForCausalLM.from_pretrained("<this folder or repo id>")' if cfg.task == "lm" else
-            'import timm\nimport dcls_zoo  # registers the models with timm (timm has no plugin discovery)\n'
-            'model = timm.create_model("local-dir:<this folder>", pretrained=True)  # or "hf-hub:<repo id>"')
+    if adapter.library_name == "transformers":
+        load = ('from transformers import AutoModelForCausalLM\nimport dcls_zoo  # registers the model classes\n'
+                'model = AutoModelForCausalLM.from_pretrained("<this folder or repo id>")')
+    else:
+        load = ('import timm\nimport dcls_zoo  # registers the models with timm (timm has no plugin discovery)\n'
+                'model = timm.create_model("local-dir:<this folder>", pretrained=True)  # or "hf-hub:<repo id>"')
     rows = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
                      for k, v in sorted({**results["eval"], **results.get("reload", {})}.items()))
     env = (f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
@@ -157,7 +155,7 @@ def model_card(trainer: Trainer, results: dict[str, Any], command: str) -> str:
 # {name}
 
 `{arch}` ({n_params:,} parameters{", EMA weights" if cfg.model_ema_decay else ""}), {origin} with dcls-zoo
-for {TASK_NAMES[cfg.task]} on **{dataset_name}** ({trainer.num_train_samples} training rows, evaluated on split
+for {adapter.description} on **{dataset_name}** ({trainer.num_train_samples} training rows, evaluated on split
 `{trainer.eval_split}`, {trainer.num_eval_samples} rows).
 {details}
 
@@ -195,10 +193,10 @@ def _save_final_model(trainer: Trainer, model: nn.Module, out: str) -> None:
     """The Hub-ready files at the folder's root: config.json, model.safetensors (+ the tokenizer for lm)."""
     from ..hub.save import save_folder
 
-    cfg = trainer.cfg
-    if cfg.task == "lm":
+    cfg, adapter = trainer.cfg, trainer.adapter
+    if adapter.library_name == "transformers":
         save_folder(model, out, card=False)
-        trainer.adapter.tokenizer.save_pretrained(out)
+        adapter.tokenizer.save_pretrained(out)
         return
     model_args = dict(cfg.model_kwargs)
     if getattr(model, "in_chans", None) is not None:

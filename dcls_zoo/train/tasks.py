@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from ..data.spikes import bin_spike_events
 from ..layers.metrics import mean_average_precision
-from .config import TrainConfig
+from .config import TASKS, TrainConfig
 from .data import (
     check_class_labels,
     check_columns,
@@ -33,9 +33,12 @@ _logger = logging.getLogger(__name__)
 
 
 class TaskAdapter:
-    """Base adapter. Subclasses set `kind`, `default_input_column` and implement the hooks."""
+    """Base adapter. Subclasses set the class attributes below and implement the hooks; a new kind is registered
+    by one line in `dcls_zoo.train.config.TASKS`."""
 
-    kind = ""
+    description = ""  # what the model card says the model was trained for
+    pipeline_tag: str | None = None  # the Hub's task name, in the card's metadata
+    library_name = "timm"  # the library that loads the saved folder: timm, or transformers (Auto classes)
     default_input_column = ""
     main_metric = "loss"  # key of the metric shown in cards and curves
     greater_is_better = False
@@ -138,9 +141,6 @@ class TaskAdapter:
     def compute_metrics(self, gathered: dict[str, torch.Tensor]) -> dict[str, float]:
         raise NotImplementedError
 
-    def card_info(self) -> dict[str, Any]:
-        return {}
-
 
 def _as_pil(value: Any, mode: str):
     from PIL import Image
@@ -160,7 +160,8 @@ def _as_pil(value: Any, mode: str):
 
 
 class ImageClassification(TaskAdapter):
-    kind = "image"
+    description = "image classification"
+    pipeline_tag = "image-classification"
     default_input_column = "image"
     main_metric = "accuracy"
     greater_is_better = True
@@ -239,9 +240,6 @@ class ImageClassification(TaskAdapter):
             metrics["top5_accuracy"] = float(g["correct5"].mean())
         return metrics
 
-    def card_info(self):
-        return {"pipeline_tag": "image-classification", "library_name": "timm"}
-
 
 def decode_audio(value: Any) -> tuple[np.ndarray, int]:
     """(samples, channels) float32 array and its sample rate, from an undecoded `datasets.Audio` value."""
@@ -278,7 +276,8 @@ class AudioTagging(TaskAdapter):
     """Multi-label audio tagging: BCE on multi-hot targets, macro mAP; the model takes (batch, samples) waveforms
     (its front-end computes the spectrogram), as the zoo's audio models do."""
 
-    kind = "audio"
+    description = "audio tagging"
+    pipeline_tag = "audio-classification"
     default_input_column = "audio"
     main_metric = "mAP"
     greater_is_better = True
@@ -340,14 +339,13 @@ class AudioTagging(TaskAdapter):
     def compute_metrics(self, g):
         return {"loss": float(g["loss"].mean()), "mAP": mean_average_precision(g["scores"], g["targets"])}
 
-    def card_info(self):
-        return {"pipeline_tag": "audio-classification", "library_name": "timm"}
-
 
 class CausalLanguageModelling(TaskAdapter):
     """Causal LM on text: rows are tokenised, concatenated and cut into `block_size` blocks; loss per token."""
 
-    kind = "lm"
+    description = "causal language modelling"
+    pipeline_tag = "text-generation"
+    library_name = "transformers"
     default_input_column = "text"
     main_metric = "perplexity"
 
@@ -426,9 +424,6 @@ class CausalLanguageModelling(TaskAdapter):
         loss = float(g["loss"].mean())
         return {"loss": loss, "perplexity": perplexity(loss)}
 
-    def card_info(self):
-        return {"pipeline_tag": "text-generation", "library_name": "transformers"}
-
 
 class SnnClassification(TaskAdapter):
     """Spiking-network classification on spike frames (time, channels) or events (times, units).
@@ -438,7 +433,8 @@ class SnnClassification(TaskAdapter):
     loss is the cross-entropy of those scores, as in the original training code.
     """
 
-    kind = "snn"
+    description = "spiking-network classification"
+    pipeline_tag = "audio-classification"
     default_input_column = "spikes"
     main_metric = "accuracy"
     greater_is_better = True
@@ -484,13 +480,6 @@ class SnnClassification(TaskAdapter):
     def compute_metrics(self, g):
         return {"loss": float(g["loss"].mean()), "accuracy": float(g["correct"].mean())}
 
-    def card_info(self):
-        return {"pipeline_tag": "audio-classification", "library_name": "timm"}
 
-
-TASK_ADAPTERS: dict[str, type[TaskAdapter]] = {
-    "image": ImageClassification,
-    "audio": AudioTagging,
-    "lm": CausalLanguageModelling,
-    "snn": SnnClassification,
-}
+# --task name -> adapter class, from the table of task kinds (`config.TASKS`, which names the classes above)
+TASK_ADAPTERS: dict[str, type[TaskAdapter]] = {kind: globals()[name] for kind, name in TASKS.items()}

@@ -36,9 +36,9 @@ from .callbacks import (
     SigmaScheduleCallback,
     has_dcls_layers,
     has_scheduled_sigma,
-    read_jsonl,
 )
 from .config import TrainConfig
+from .curves import read_jsonl
 from .data import EpochShuffleSampler, TransformedDataset, load_splits
 from .ema import WeightEma
 from .distributed import Fsdp2ModelState, Fsdp2OptimizerState, apply_fsdp2, gather_full_state_dict, select_engine
