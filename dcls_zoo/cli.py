@@ -1,10 +1,12 @@
 """`dcls-zoo` command line: one sub-command per job; the work itself lives in the package modules.
 
 Each sub-command is a pair: `_add_<name>(subparsers)` declares its arguments (no torch, timm or transformers
-imports there), `_run_<name>(args)` runs it and imports what it needs. The `dcls-zoo` console script
-(`dcls_zoo_cli.main`) imports this module before the package registers its models, so `--help` and argument
-errors never import torch; `main` then registers the models (and the transformers classes unless the command is
-in `TIMM_ONLY_COMMANDS`) and runs the command. Errors a user can fix are one line on stderr, exit status 1.
+imports there), `_run_<name>(args)` runs it and imports what it needs; `main` registers the models (and the
+transformers classes unless the command is in `TIMM_ONLY_COMMANDS`) once the arguments are parsed. This module
+imports nothing heavy, but importing it imports the `dcls_zoo` package first, which registers the models (torch,
+timm) unless registration is deferred: the `dcls-zoo` console script (`dcls_zoo_cli.main`) defers it, so there
+`--help` and argument errors never import torch; `python -m dcls_zoo.cli` (under `accelerate launch`, `torchrun`)
+does not. Errors a user can fix are one line on stderr, exit status 1.
 """
 from __future__ import annotations
 
@@ -12,6 +14,9 @@ import argparse
 import math
 import sys
 from typing import Callable, Sequence
+
+from .cli_errors import report_error
+from .interpret.commands import COMMANDS as INTERPRET_COMMANDS
 
 # commands that need the timm models only (not the transformers classes, which import transformers)
 TIMM_ONLY_COMMANDS = {"models", "tag", "gradcam", "clickme-eval", "kernels"}
@@ -60,7 +65,7 @@ def _run_train(args: argparse.Namespace) -> int:
         cfg, preset = config_from_args(args)
         run_training(cfg, preset=preset)
     except (ValueError, OSError, NonFiniteLossError) as err:  # OSError: unreadable data, read-only or full disk
-        return _error("train", err)
+        return report_error("train", err)
     return 0
 
 
@@ -82,7 +87,7 @@ def _run_convert(args: argparse.Namespace) -> int:
         report = convert_checkpoint(args.model, args.checkpoint, args.out_dir, tolerance=args.tolerance,
                                     overwrite=args.overwrite)
     except (ValueError, RuntimeError, OSError) as err:
-        return _error("convert", err)
+        return report_error("convert", err)
     print(report.describe())
     return 0
 
@@ -103,7 +108,7 @@ def _run_push(args: argparse.Namespace) -> int:
         plan = push_folder(args.folder, args.repo_id, dry_run=args.dry_run, private=args.private,
                            commit_message=args.commit_message)
     except (ValueError, RuntimeError, OSError) as err:
-        return _error("push", err)
+        return report_error("push", err)
     print(("would send " if args.dry_run else "sent ") + plan.describe())
     return 0
 
@@ -116,8 +121,8 @@ def _add_tag(sub: argparse._SubParsersAction) -> None:
                     "averaged to mono (said on stderr); a sample rate other than the model's is an error.")
     p.add_argument("audio", help="audio file: integer-PCM WAV (standard library) or anything `soundfile` reads")
     p.add_argument("--model", default="convnext_audioset_tiny",
-                   help="registered audio model (default convnext_audioset_tiny); DCLS-Audio models get their "
-                        "waveform front-end (waveform_input=True)")
+                   help="registered AudioSet tagging model (default convnext_audioset_tiny); spectrogram models "
+                        "(DCLS-Audio) get their waveform front-end (waveform_input=True)")
     weights = p.add_mutually_exclusive_group(required=True)
     weights.add_argument("--checkpoint", help="weights file (original layout or ours; .pth or .safetensors)")
     weights.add_argument("--pretrained", action="store_true", help="the model's registered weights (Hub or Zenodo)")
@@ -132,7 +137,7 @@ def _run_tag(args: argparse.Namespace) -> int:
 
     import timm
 
-    from .data.audio_io import read_audio, tag_waveform, to_mono
+    from .data.audio_io import audio_tagging_models, read_audio, tag_waveform, to_mono
 
     try:
         if args.top < 1:
@@ -140,7 +145,7 @@ def _run_tag(args: argparse.Namespace) -> int:
         if not (math.isfinite(args.clip_seconds) and args.clip_seconds > 0):
             raise ValueError(f"--clip-seconds must be a positive number of seconds, got {args.clip_seconds}")
         arch = args.model.split(".")[0]
-        audio_models = timm.list_models(module=["audio_convnext", "dcls_audio", "pann"])
+        audio_models = audio_tagging_models()  # name -> takes spectrograms
         if arch not in audio_models:
             raise ValueError(f"--model must be an audio tagging model, one of: {', '.join(audio_models)}")
         waveform, rate = read_audio(args.audio)
@@ -151,12 +156,12 @@ def _run_tag(args: argparse.Namespace) -> int:
         kwargs = dict(pretrained=True)
         if args.checkpoint:
             kwargs["pretrained_cfg_overlay"] = dict(file=args.checkpoint)
-        if arch in timm.list_models(module="dcls_audio"):  # spectrogram models: ask for their waveform front-end
+        if audio_models[arch]:  # a spectrogram model: ask for its waveform front-end
             kwargs["waveform_input"] = True
         model = timm.create_model(args.model, **kwargs)
         tags = tag_waveform(model.eval(), to_mono(waveform), rate, top_k=args.top, clip_seconds=args.clip_seconds)
     except (ValueError, TypeError, RuntimeError, OSError) as err:
-        return _error("tag", err)
+        return report_error("tag", err)
     if waveform.shape[0] > 1:  # said once the tags exist, so an error stays the only line on stderr
         print(f"dcls-zoo tag: averaging {waveform.shape[0]} channels to mono", file=sys.stderr)
     if args.json:
@@ -167,15 +172,6 @@ def _run_tag(args: argparse.Namespace) -> int:
     return 0
 
 
-def _error(command: str, err: BaseException) -> int:
-    """One line on stderr for an error the user can fix; exit status 1."""
-    message = " ".join(str(err).split()) or type(err).__name__
-    # one write: under torchrun / accelerate launch (unbuffered stderr) the processes' lines must not interleave
-    sys.stderr.write(f"dcls-zoo {command}: error: {message}\n")
-    sys.stderr.flush()
-    return 1
-
-
 # (name, add-arguments, run) — later sub-commands are appended here, one line each.
 COMMANDS: list[tuple[str, Callable, Callable]] = [
     ("models", _add_models, _run_models),
@@ -183,7 +179,7 @@ COMMANDS: list[tuple[str, Callable, Callable]] = [
     ("train", _add_train, _run_train),
     ("convert", _add_convert, _run_convert),
     ("push", _add_push, _run_push),
-    *__import__("dcls_zoo.interpret.commands", fromlist=["COMMANDS"]).COMMANDS,  # gradcam, clickme-eval, kernels
+    *INTERPRET_COMMANDS,  # gradcam, clickme-eval, kernels
 ]
 
 

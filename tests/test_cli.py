@@ -171,6 +171,17 @@ def test_tag_passes_waveform_input_only_to_the_models_that_take_it(monkeypatch, 
     assert calls == [("convnext_audioset_tiny", None), ("dcls_convnext_audio_tiny", True)]
 
 
+def test_tag_finds_the_audio_families_in_the_registry():
+    """The AudioSet taggers are the models whose cfg names the AudioSet labels; the spectrogram ones (DCLS-Audio)
+    are those whose input has mel rows."""
+    from dcls_zoo.data.audio_io import audio_tagging_models
+
+    models = audio_tagging_models()
+    assert sorted(models) == sorted(timm.list_models(module=["audio_convnext", "dcls_audio", "pann"]))
+    assert sorted(name for name, spectrogram in models.items() if spectrogram) == sorted(
+        timm.list_models(module="dcls_audio"))
+
+
 class _Payload:
     def __init__(self, marker):
         self.marker = str(marker)

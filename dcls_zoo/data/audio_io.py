@@ -16,7 +16,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
-__all__ = ["read_audio", "write_wav", "to_mono", "pad_or_crop", "split_clips", "tag_waveform"]
+__all__ = ["read_audio", "write_wav", "to_mono", "pad_or_crop", "split_clips", "tag_waveform", "audio_tagging_models"]
 
 
 def _read_wav_stdlib(path: Path) -> tuple[np.ndarray, int]:
@@ -185,3 +185,22 @@ def tag_waveform(
         names = [f"class_{i}" for i in range(probs.numel())]
     values, indices = probs.topk(min(top_k, probs.numel()))
     return [(names[i], float(v)) for v, i in zip(values.tolist(), indices.tolist())]
+
+
+def audio_tagging_models() -> dict[str, bool]:
+    """The registered AudioSet tagging architectures (their pretrained_cfg names the AudioSet classes), each with
+    whether it takes log-mel spectrograms (input size (1, mels, frames)) rather than waveforms ((1, 1, samples)).
+
+    Read from the registry, so a new audio family is listed once its default_cfgs carry the AudioSet labels.
+    """
+    import timm
+    from timm.models import get_pretrained_cfg
+
+    from .audioset_labels import AUDIOSET_LABELS
+
+    models = {}
+    for name in timm.list_models():
+        cfg = get_pretrained_cfg(name)
+        if cfg is not None and cfg.label_names is not None and tuple(cfg.label_names) == AUDIOSET_LABELS:
+            models[name] = cfg.input_size[1] > 1
+    return models

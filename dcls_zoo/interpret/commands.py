@@ -6,19 +6,12 @@ the runners only, so `dcls-zoo --help` does not load them.
 from __future__ import annotations
 
 import argparse
-import sys
+
+from ..cli_errors import report_error
 
 __all__ = ["COMMANDS"]
 
 _METHODS = ("gradcam", "threshold")
-
-
-def _error(command: str, err: BaseException) -> int:
-    # as `dcls_zoo.cli._error` (which this module cannot import: cli sits above interpret): one line, one write
-    message = " ".join(str(err).split()) or type(err).__name__
-    sys.stderr.write(f"dcls-zoo {command}: error: {message}\n")
-    sys.stderr.flush()
-    return 1
 
 
 def _create_model(name: str, pretrained: bool):
@@ -103,7 +96,7 @@ def run_gradcam(args: argparse.Namespace) -> int:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         plot_grad_cam(shown, heat.numpy(), title, args.out)
     except (ValueError, TypeError, ImportError, RuntimeError, OSError) as err:
-        return _error("gradcam", err)
+        return report_error("gradcam", err)
     print(f"{args.out}: {args.method} map of class {target} (predicted {predicted})")
     return 0
 
@@ -182,7 +175,7 @@ def run_clickme_eval(args: argparse.Namespace) -> int:
                     human_spearman_ceiling=0.65753, floor=args.floor, rows=rows)
         out_json.write_text(json.dumps(meta, indent=1) + "\n")
     except (ValueError, TypeError, ImportError, RuntimeError, OSError) as err:
-        return _error("clickme-eval", err)
+        return report_error("clickme-eval", err)
     print(table, end="")
     print(f"wrote {out_md} and {out_json}")
     return 0
@@ -216,7 +209,7 @@ def run_kernels(args: argparse.Namespace) -> int:
         plot_kernels(model, args.out, name=args.model, channels=args.channels,
                      title=args.model + ("" if args.pretrained else " (random weights)"))
     except (ValueError, TypeError, ImportError, RuntimeError, OSError) as err:
-        return _error("kernels", err)
+        return report_error("kernels", err)
     print(f"{args.out}: kernels of {args.model}")
     return 0
 
