@@ -349,12 +349,12 @@ def test_nanogpt_legacy_hermite_and_errors(tmp_path):
 
 @pytest.fixture(scope="module")
 def torchortho_0_1_1():
-    """torchortho 0.1.1 (the legacy scheme's origin), fetched from PyPI at test time and imported on the side."""
+    """torchortho 0.1.1 (the legacy scheme's origin), fetched before pytest and imported on the side."""
     import importlib
 
-    from third_party_fetch import fetch_wheel
+    from third_party_paths import require_third_party
 
-    root = str(fetch_wheel("torchortho", "0.1.1"))   # FetchError (no index) fails the test
+    root = str(require_third_party("torchortho-0.1.1"))   # not fetched: fails the test, naming the fetch command
     installed = {k: sys.modules.pop(k) for k in list(sys.modules) if k.split(".")[0] == "torchortho"}
     sys.path.insert(0, root)
     try:
