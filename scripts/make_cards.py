@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Regenerate hub_cards/<name>/README.md for every published model (facts table + registry).
+"""Regenerate hub_cards/<name>/README.md for every published model (pretrained cfgs + card facts table).
 
     python scripts/make_cards.py            # rewrite hub_cards/ (stale folders removed)
     python scripts/make_cards.py --check    # exit 1 if the committed cards differ from a fresh generation

@@ -1,4 +1,6 @@
 """Model cards: the committed hub_cards/ equal a fresh generation, and every card's metadata is what the Hub expects."""
+import re
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -6,11 +8,22 @@ import timm
 from huggingface_hub import ModelCard, ModelCardData
 from timm.models import get_pretrained_cfg
 
-from dcls_zoo.hub.cards import FACTS, diff_cards, hub_id, model_card, published_models, write_cards
+from dcls_zoo.hub.cards import (
+    CFG_CORRECTIONS,
+    FACTS,
+    CardFacts,
+    ModelFacts,
+    diff_cards,
+    hub_id,
+    model_card,
+    model_facts,
+    published_models,
+    write_cards,
+)
 
 CARDS = Path(__file__).resolve().parents[1] / "hub_cards"
 PUBLISHED = [f.name for f in published_models()]
-FACTS_BY_NAME = {f.name: f for f in FACTS}
+FACTS_BY_NAME = {f.name: f for f in published_models()}
 # Hub task ids and licence ids the zoo's cards may use (from the Hub's task and licence lists).
 PIPELINE_TAGS = {"image-classification", "audio-classification", "text-generation", "text-classification"}
 LICENSES = {"mit", "apache-2.0", "bsd-3-clause", "cc-by-4.0", "cc-by-nc-4.0", "gpl-3.0", "other"}
@@ -70,15 +83,48 @@ def test_card_text_has_the_facts_and_usage(name):
 
 
 @pytest.mark.parametrize("name", PUBLISHED)
-def test_facts_agree_with_the_registered_pretrained_cfg(name):
-    # Two sources written independently (family cfg, facts table) must name the same checkpoint and paper.
-    cfg = get_pretrained_cfg(name)
+def test_card_facts_come_from_the_registered_pretrained_cfg(name):
+    # One home per fact: checkpoint, code, papers and licence are read from the family's cfg (with the listed
+    # corrections laid over it), never typed again in the cards table.
+    cfg = asdict(get_pretrained_cfg(name)) | CFG_CORRECTIONS.get(name, {})
     facts = FACTS_BY_NAME[name]
-    assert cfg.url == facts.checkpoint_url
-    paper_ids = (cfg.paper_ids,) if isinstance(cfg.paper_ids, str) else tuple(cfg.paper_ids or ())
-    assert f"arXiv:{facts.arxiv}" in paper_ids
+    assert facts.checkpoint_url == cfg["url"] and facts.original_repo == cfg["origin_url"]
+    assert facts.license == cfg["license"] and facts.paper == cfg["paper_name"]
+    paper_ids = (cfg["paper_ids"],) if isinstance(cfg["paper_ids"], str) else tuple(cfg["paper_ids"])
+    assert tuple(f"arXiv:{i}" for i in (facts.arxiv, *facts.extra_arxiv)) == paper_ids
     assert timm.is_model(name.partition(".")[0])
-    assert cfg.hf_hub_id in (None, hub_id(name))   # once added, the Hub id follows the one scheme
+    assert cfg["hf_hub_id"] in (None, hub_id(name))   # once added, the Hub id follows the one scheme
+
+
+def test_the_cards_table_holds_no_field_a_pretrained_cfg_holds():
+    cfg_fields = set(asdict(get_pretrained_cfg(PUBLISHED[0])))
+    assert not cfg_fields & set(CardFacts.__dataclass_fields__)
+    assert set(ModelFacts.__dataclass_fields__) > set(CardFacts.__dataclass_fields__)
+
+
+@pytest.mark.parametrize("name", sorted(CFG_CORRECTIONS))
+def test_every_cfg_correction_is_still_needed(name):
+    # Once a family file holds the value, the correction here is a second copy of it: remove it.
+    registered = asdict(get_pretrained_cfg(name))
+    for key, value in CFG_CORRECTIONS[name].items():
+        assert registered[key] != value, f"{name}: the cfg now holds {key}={value!r}; drop it from CFG_CORRECTIONS"
+
+
+@pytest.mark.parametrize("name", [f.name for f in FACTS if f.metric_value is not None])
+def test_a_reported_metric_agrees_with_the_cfg_notes(name):
+    # the family cfg's free-text notes repeat the authors' number; the two must not drift apart
+    facts, notes = model_facts(name), " ".join(get_pretrained_cfg(name).notes or ())
+    assert re.search(rf"(?<![\d.])({facts.metric_value:.2f}|{facts.metric_value:g})(?![\d])", notes), notes
+    if facts.metric_spread is not None:
+        assert f"+- {facts.metric_spread:.2f}" in notes, notes
+
+
+def test_a_published_cfg_without_a_card_field_is_an_error(monkeypatch):
+    from dcls_zoo.hub import cards
+
+    monkeypatch.setitem(cards.CFG_CORRECTIONS, PUBLISHED[0], {"origin_url": None})
+    with pytest.raises(ValueError, match=rf"the pretrained cfg of {re.escape(PUBLISHED[0])} has no origin_url"):
+        model_facts(PUBLISHED[0])
 
 
 def test_parameter_counts_in_cards_match_the_originals():

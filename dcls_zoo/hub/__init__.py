@@ -8,7 +8,17 @@
 Folders carry `model.safetensors.sha256`; every loader here and `push_folder` check it (see `save`), and
 `plan_folder` lists what a push would send and skip without sending anything.
 """
-from .cards import FACTS, HUB_ORG, ModelFacts, hub_id, model_card, published_models, write_cards  # noqa: F401
+from .cards import (  # noqa: F401
+    FACTS,
+    HUB_ORG,
+    CardFacts,
+    ModelFacts,
+    hub_id,
+    model_card,
+    model_facts,
+    published_models,
+    write_cards,
+)
 from .convert import ConversionReport, convert_checkpoint  # noqa: F401
 from .push import (  # noqa: F401
     PushPlan,

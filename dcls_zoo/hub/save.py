@@ -13,8 +13,10 @@ them tied (`load_state_dict` copies in place), and `apply_tie_map` restores ties
 
 Classifier heads are never re-initialised silently: `load_folder(..., num_classes=N)` with N different from the
 checkpoint's raises ValueError unless `replace_head=True` asks for a new head explicitly (and a warning names it).
-timm's own `create_model(..., pretrained=True, num_classes=N)` does drop the classifier quietly (info-level log):
-that is timm's fine-tuning convention, and the model cards say so.
+timm's own `create_model(..., pretrained=True, num_classes=N)` drops the checkpoint's classifier and builds a new,
+random one (timm's fine-tuning convention; timm itself logs the missing keys at info level only). For the zoo's
+families that is not silent either: their checkpoint filter (`dcls_zoo.models._builder`) logs a warning naming
+both sizes. The model cards say so.
 
 Integrity. `save_folder` records the sha256 of `model.safetensors` in `model.safetensors.sha256` beside it
 (`sha256sum` format: `sha256sum -c model.safetensors.sha256` checks it as well). `load_folder`, `local-dir:` and
@@ -44,6 +46,7 @@ from ..models._files import (
     write_checksum,
 )
 from ..models._files import load_safetensors as _load_safetensors
+from ._library import is_transformers_model
 
 __all__ = [
     "CONFIG_NAME", "WEIGHTS_NAME", "CARD_NAME", "CHECKSUM_NAME", "SHARED_METADATA_KEY",
@@ -210,13 +213,6 @@ def check_state_dict_fits(
 # --------------------------------------------------------------------------------------------------------------
 # folders
 # --------------------------------------------------------------------------------------------------------------
-
-def is_transformers_model(model: Optional[nn.Module]) -> bool:
-    """True for a transformers `PreTrainedModel` (saved with `save_pretrained`), False for timm models."""
-    from transformers import PreTrainedModel
-
-    return isinstance(model, PreTrainedModel)
-
 
 def _timm_architecture(model: nn.Module) -> str:
     import timm
