@@ -1,1 +1,2 @@
-"""Small reference data shipped with the package (label names) and data-set readers (`spikes`: SHD/SSC)."""
+"""Data helpers below the models: AudioSet label names (`audioset_labels`), audio files read and tagged
+(`audio_io`, used by `dcls-zoo tag`) and spike-train binning (`spikes`: SHD/SSC)."""
