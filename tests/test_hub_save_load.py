@@ -1,6 +1,5 @@
 """Hub-ready folders: safetensors with shared tensors stored once, timm's local-dir / hf-hub loading, strict loads,
 explicit head replacement, and conversion of an original-layout checkpoint."""
-import importlib
 import argparse
 import hashlib
 import json
@@ -17,6 +16,7 @@ from dcls_zoo.cli import main as cli_main
 from dcls_zoo.hub import convert_checkpoint, load_folder, load_state_dict_file, load_weights, save_folder
 from dcls_zoo.hub.save import SHARED_METADATA_KEY
 from dcls_zoo.layers import Dcls2d, shared_parameter_groups
+from dcls_zoo.lm import OrthoGPT2Config, OrthoGPT2LMHeadModel
 
 ARCH = "dcls_convnext_atto"
 IMG = (2, 3, 32, 32)
@@ -260,14 +260,13 @@ def test_convert_timm_train_container_with_ema_weights(tmp_path):
 
 
 def test_convert_nanogpt_layout_checkpoint_to_a_transformers_folder(tmp_path):
-    lm = importlib.import_module("dcls_zoo.lm")
     from transformers import AutoModelForCausalLM
 
-    config = lm.OrthoGPT2Config(vocab_size=64, n_positions=32, n_embd=16, n_layer=2, n_head=2, activation="gelu",
+    config = OrthoGPT2Config(vocab_size=64, n_positions=32, n_embd=16, n_layer=2, n_head=2, activation="gelu",
                                 activation_function="gelu", layer_norm_epsilon=1e-5,   # nanoGPT's exact GELU
                                 bos_token_id=0, eos_token_id=0)
     torch.manual_seed(0)
-    source = lm.OrthoGPT2LMHeadModel(config).eval()
+    source = OrthoGPT2LMHeadModel(config).eval()
     # nanoGPT layout: Linear weights (out, in) where transformers' Conv1D stores (in, out); lm_head tied to wte
     nano = {k: (v.t() if re.search(r"\.(c_attn|c_proj|c_fc)\.weight$", k) else v).clone()
             for k, v in source.state_dict().items() if k != "lm_head.weight"}
