@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 
 from ..models._files import load_checkpoint_file
+from .cards import unique_parameter_count
 from .save import WEIGHTS_NAME, load_folder, save_folder
 
 __all__ = ["ConversionReport", "convert_checkpoint", "fixed_input"]
@@ -193,7 +194,7 @@ def convert_checkpoint(
             name=name, checkpoint=checkpoint, folder=target,
             files=tuple(sorted(p.name for p in staging.iterdir() if p.is_file())),
             input_shape=tuple(shape), max_abs_diff=diffs,
-            unique_parameters=sum(p.numel() for p in model.parameters()), shared_tensors=_shared_count(model),
+            unique_parameters=unique_parameter_count(model), shared_tensors=_shared_count(model),
             tolerance=tolerance,
         )
         if not report.verified:

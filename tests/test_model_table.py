@@ -1,4 +1,5 @@
-"""The registry view: `dcls-zoo models`, and the README's model table generated from it."""
+"""The zoo's model table (`dcls_zoo.hub.model_table`): `dcls-zoo models`, the README's table generated from it,
+and what `import dcls_zoo` registers."""
 import subprocess
 import sys
 from pathlib import Path
