@@ -118,19 +118,15 @@ def offline_cache(saved, tmp_path):
     return tmp_path
 
 
-def test_timm_hf_hub_id_loads_offline_from_a_prefilled_cache(saved, offline_cache):
+@pytest.mark.parametrize("how", ["hf-hub: name", "registry name, cfg with the hub id"])
+def test_timm_loads_a_hub_id_offline_from_a_prefilled_cache(saved, offline_cache, how):
+    # the second is what a family's cfg gains once its weights are published: hf_hub_id='dcls-zoo/<arch>.<tag>'
     _, _, x, ref = saved
-    model = timm.create_model("hf-hub:dcls-zoo/dcls_convnext_atto.test", pretrained=True, cache_dir=offline_cache)
-    _assert_tied_per_stage(model)
-    with torch.no_grad():
-        assert torch.equal(model.eval()(x), ref)
-
-
-def test_a_pretrained_cfg_with_the_hub_id_loads_by_registry_name(saved, offline_cache):
-    # what a family's cfg gains once its weights are published: hf_hub_id='dcls-zoo/<arch>.<tag>'
-    _, _, x, ref = saved
-    model = timm.create_model(ARCH, pretrained=True, cache_dir=offline_cache,
-                              pretrained_cfg_overlay=dict(hf_hub_id="dcls-zoo/dcls_convnext_atto.test"))
+    if how == "hf-hub: name":
+        model = timm.create_model("hf-hub:dcls-zoo/dcls_convnext_atto.test", pretrained=True, cache_dir=offline_cache)
+    else:
+        model = timm.create_model(ARCH, pretrained=True, cache_dir=offline_cache,
+                                  pretrained_cfg_overlay=dict(hf_hub_id="dcls-zoo/dcls_convnext_atto.test"))
     _assert_tied_per_stage(model)
     with torch.no_grad():
         assert torch.equal(model.eval()(x), ref)

@@ -33,12 +33,19 @@ from typing import Iterable, Optional, Union
 
 from ..models._files import (
     CHECKSUM_NAME,
-    check_timm_config,
     read_config,
     read_safetensors_header,
     verify_checksum,
 )
-from .save import CARD_NAME, CONFIG_NAME, SHARED_METADATA_KEY, WEIGHTS_NAME, _tie_map_of, check_state_dict_fits
+from .save import (
+    CARD_NAME,
+    CONFIG_NAME,
+    SHARED_METADATA_KEY,
+    WEIGHTS_NAME,
+    _tie_map_of,
+    check_state_dict_fits,
+    folder_architecture,
+)
 
 __all__ = ["PICKLE_SUFFIXES", "RUN_STATE_DIRS", "PushPlan", "check_folder", "plan_folder", "push_folder",
            "check_can_push", "publish_all", "pickle_kind"]
@@ -276,23 +283,17 @@ def _check_transformers_weights(folder: Path, model_type: str, weights: list[Pat
 
 
 def _check_weights_and_config(folder: Path, files: list[Path]) -> None:
-    config_path = folder / CONFIG_NAME
-    config = read_config(config_path)
+    library, architecture = folder_architecture(folder)   # config.json's fields and types checked here
     weights = [p for p in files if p.suffix == ".safetensors"]
     if not weights:
         raise ValueError(f"{folder} has no .safetensors weights")
     for rel in weights:
         read_safetensors_header(folder / rel)
         verify_checksum(folder / rel)
-    if "architecture" in config:
-        check_timm_config(config, config_path)
+    if library == "timm":
         _check_timm_weights(folder, weights)
-    elif "model_type" in config:
-        if not isinstance(config["model_type"], str):
-            raise ValueError(f"{config_path}: 'model_type' must be a string, got {config['model_type']!r}")
-        _check_transformers_weights(folder, config["model_type"], weights)
     else:
-        raise ValueError(f"{config_path} names neither a timm 'architecture' nor a transformers 'model_type'")
+        _check_transformers_weights(folder, architecture, weights)
 
 
 def _sha256(path: Path) -> str:
