@@ -8,8 +8,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dcls_zoo.models.snn_delays import (
-    SigmaSchedule, SnnDelays, checkpoint_filter_fn, clamp_delays, convert_delays_for_inference,
-    export_integer_delays, rounded_delays, snn_delays_param_groups,
+    SigmaSchedule, SnnDelays, checkpoint_filter_fn, convert_delays_for_inference, export_integer_delays,
+    rounded_delays,
 )
 
 DCLS = importlib.import_module("DCLS.construct.modules")
@@ -307,21 +307,28 @@ def test_sigma_schedule_on_fsdp2_sharded_widths(tmp_path):
         dist.destroy_process_group()
 
 
-def test_param_groups_and_clamp():
+def test_training_groups_and_clamp_follow_the_original_recipe():
+    # What the trainer uses for SNN delays (`dcls_parameter_groups`; the snn-delays-shd preset sets
+    # position_lr_scale=100), and the clamp before every forward: the original's groups and clamp.
     model = timm.create_model("snn_delays_shd", hidden_sizes=(8, 8))
-    groups = {g["name"]: g for g in snn_delays_param_groups(model, lr=1e-3, weight_decay=1e-5)}
-    assert groups["positions"]["lr"] == pytest.approx(0.1) and groups["positions"]["weight_decay"] == 0.0
-    assert groups["norm"]["weight_decay"] == 0.0
+    groups = {g["name"]: g for g in model.dcls_parameter_groups(lr=1e-3, weight_decay=1e-5, position_lr_scale=100.0)}
+    assert groups["dcls_positions"]["lr"] == pytest.approx(0.1) and groups["dcls_positions"]["weight_decay"] == 0.0
+    assert {id(m.P) for m in model.delay_layers()} == {id(p) for p in groups["dcls_positions"]["params"]}
+    assert groups["decay"]["weight_decay"] == 1e-5
+    assert all(n.endswith(".delay.weight") for n in groups["decay"]["names"])
+    assert all(".norm." in n for n in groups["no_decay"]["names"]) and groups["no_decay"]["weight_decay"] == 0.0
     grouped = [id(p) for g in groups.values() for p in g["params"]]
-    trainable = [id(p) for p in model.parameters() if p.requires_grad]
-    assert sorted(grouped) == sorted(trainable)
-    assert {id(m.P) for m in model.delay_layers()} == {id(p) for p in groups["positions"]["params"]}
-    torch.optim.Adam(snn_delays_param_groups(model))  # accepted as-is
+    trainable = [id(p) for p in model.parameters() if p.requires_grad]   # the widths SIG are frozen: left out
+    assert sorted(grouped) == sorted(trainable) and not any(m.SIG.requires_grad for m in model.delay_layers())
+    torch.optim.Adam(list(groups.values()))  # accepted as-is
     with torch.no_grad():
         model.blocks[0].delay.P.fill_(100.0)
         model.head.delay.P.fill_(-100.0)
-    clamp_delays(model)
+    model(_spikes(batch=1, steps=4))   # clamped before the forward, as after every optimizer step
     assert model.blocks[0].delay.P.max() == 12 and model.head.delay.P.min() == -12
+    with torch.no_grad():
+        model.blocks[0].delay.P.fill_(100.0)
+    assert model.clamp_parameters() and model.blocks[0].delay.P.max() == 12
 
 
 def test_timm_contract_pieces():

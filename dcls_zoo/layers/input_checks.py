@@ -14,7 +14,7 @@ compiles, torch.fx traces or torch.compile traces the model (`input_checks_enabl
 """
 from __future__ import annotations
 
-from typing import Iterable, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -24,7 +24,8 @@ from timm.layers.std_conv import ScaledStdConv2dSame, StdConv2dSame
 
 __all__ = [
     "input_checks_enabled", "layer_geometry", "min_spatial_size", "chain_layers", "check_image_batch",
-    "check_input_dtype", "autocast_enabled", "autocast_accepts", "ImageInputMixin",
+    "check_input_dtype", "autocast_enabled", "autocast_accepts", "input_owner", "DownsamplingChainMixin",
+    "ImageInputMixin",
 ]
 
 
@@ -171,13 +172,16 @@ def chain_layers(module: Optional[nn.Module]) -> list[nn.Module]:
     return [layer for child in module.children() for layer in chain_layers(child)]
 
 
-class ImageInputMixin:
-    """`check_input(x)` for timm image models: the families call it first in `forward_features` and
-    `forward_intermediates`.
+def input_owner(model: nn.Module) -> str:
+    """The model as the input checks' messages name it: its timm architecture, else its class."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return str(cfg.get("architecture") or type(model).__name__)
 
-    The minimum size comes from `downsampling_chain()`: by default the layers of `stem` and of each
-    `stages[i].downsample` (timm's ConvNeXt, MetaFormer, FastViT layouts); families with other layouts override it.
-    """
+
+class DownsamplingChainMixin:
+    """`min_input_size()` of a timm model, derived from its `downsampling_chain()`: by default the layers of
+    `stem` and of each `stages[i].downsample` (timm's ConvNeXt, MetaFormer, FastViT layouts); families with other
+    layouts override it. The base of `ImageInputMixin` and of the audio families' checks."""
 
     def downsampling_chain(self) -> list[nn.Module]:
         """Layers that set the smallest input, in forward order."""
@@ -190,9 +194,12 @@ class ImageInputMixin:
         """Smallest (H, W) this model takes, derived from `downsampling_chain()`."""
         return min_spatial_size(self.downsampling_chain())
 
-    def _input_owner(self) -> str:
-        cfg = getattr(self, "pretrained_cfg", None) or {}
-        return str(cfg.get("architecture") or type(self).__name__)
+
+class ImageInputMixin(DownsamplingChainMixin):
+    """`check_input(x)` for timm image models: the families call it first in `forward_features` (written out
+    there: TorchScript has no super()); `forward_intermediates` here calls it, then the timm class's. Put the mixin
+    before the timm class in the bases. The minimum size is `min_input_size()`.
+    """
 
     def _parameter_dtype(self) -> torch.dtype:
         for p in self.parameters():
@@ -204,4 +211,9 @@ class ImageInputMixin:
         """Raise one line unless `x` is a (B, in_chans, H, W) float batch the model can take (see module doc)."""
         if not input_checks_enabled():
             return
-        check_image_batch(x, self._input_owner(), self.in_chans, self.min_input_size(), self._parameter_dtype())
+        check_image_batch(x, input_owner(self), self.in_chans, self.min_input_size(), self._parameter_dtype())
+
+    def forward_intermediates(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        """timm's `forward_intermediates`, after the input check."""
+        self.check_input(x)
+        return super().forward_intermediates(x, *args, **kwargs)

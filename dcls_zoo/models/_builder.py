@@ -1,17 +1,22 @@
-"""Shared model-building helpers for the families in this package (not a family itself).
+"""What every family in this package builds its models with (not a family itself).
 
-Tied parameters: in models that share a tensor between layers (per-stage DCLS positions, shared kernels) the
-first layer owns it and the others follow (one state-dict key per shared tensor). The originals' checkpoints repeat
-the shared tensor under every layer's name. Families decorate their `checkpoint_filter_fn` with
-`tied_checkpoint_filter` (and `build_dcls_model` applies it to any filter that lacks it) so that both forms load:
-repeated copies must agree (loading them into one tensor would otherwise keep whichever came last, silently), then
-the followers' keys are dropped.
+`build_zoo_model` is `timm.models.build_model_with_cfg` plus three things timm does not do for these checkpoints:
 
-timm fetches `url` checkpoints with `torch.hub.load_state_dict_from_url(weights_only=True)`, which rejects the
-authors' training checkpoints (they pickle an `argparse.Namespace` next to the weights) and ignores container
-keys. We download such files first and hand them to timm as a local `file`: timm's file loader unpickles with
-`weights_only=True` and only `argparse.Namespace` allow-listed (no code runs), and unwraps the containers the
-authors used (`state_dict_ema`, `model_ema`, `state_dict`, `model`, in that order).
+* Training containers: the authors' files wrap the weights (`state_dict_ema`, `model_ema`, `state_dict`, `model`,
+  in timm's order of preference) and prefix them with DDP's `module.`. `unwrap_checkpoint` is the one place that
+  unwraps them; every family filter runs it first (`zoo_checkpoint_filter`), also for state dicts handed over
+  directly (`pretrained_cfg_overlay=dict(state_dict=...)`), which timm's loader passes on as they are.
+* Tied parameters: in models that share a tensor between layers (per-stage DCLS positions, shared kernels) the
+  first layer owns it and the others follow (one state-dict key per shared tensor). The originals' checkpoints
+  repeat the shared tensor under every layer's name: repeated copies must agree (loading them into one tensor
+  would otherwise keep whichever came last, silently), then the followers' keys are dropped.
+* `url` checkpoints: timm fetches them with `torch.hub.load_state_dict_from_url(weights_only=True)`, which rejects
+  the authors' training checkpoints (they pickle an `argparse.Namespace` next to the weights). We download such
+  files first and hand them to timm as a local `file`: timm's file loader unpickles with `weights_only=True` and
+  only `argparse.Namespace` allow-listed (no code runs).
+
+A family decorates its `checkpoint_filter_fn` with `zoo_checkpoint_filter` (`build_zoo_model` wraps any filter that
+is not), so the filter sees the bare state dict and its result has the tied form.
 """
 from __future__ import annotations
 
@@ -22,16 +27,13 @@ import pickle
 from typing import Any, Callable, Optional
 
 import torch.nn as nn
-from timm.models import build_model_with_cfg
-from ._timm_private import resolve_pretrained_source
-from ._timm_private import download_cached_file
-from timm.models import PretrainedCfg
-from timm.models import get_pretrained_cfg
+from timm.models import PretrainedCfg, build_model_with_cfg, get_pretrained_cfg
 
 from ..layers.sharing import expand_shared_entries, fold_shared_entries
 from ._files import FolderFileError, check_checkpoint_file, check_local_dir, describe_load_error
+from ._timm_private import download_cached_file, resolve_pretrained_source
 
-__all__ = ["build_dcls_model", "tied_checkpoint_filter", "unwrap_checkpoint", "with_every_shared_copy"]
+__all__ = ["build_zoo_model", "unwrap_checkpoint", "with_every_shared_copy", "zoo_checkpoint_filter"]
 
 _logger = logging.getLogger(__name__)
 
@@ -40,9 +42,10 @@ CHECKPOINT_CONTAINER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model
 
 
 def unwrap_checkpoint(checkpoint: dict) -> dict:
-    """The state dict inside a training checkpoint (EMA weights first), without DDP's `module.` prefixes.
+    """The state dict inside a training checkpoint (EMA weights first), without DDP's `module.` prefixes; a bare
+    state dict comes back as it is (less the prefixes).
 
-    timm's file loader does this already; filters call it too for state dicts handed over directly
+    timm's file loader does this already; `zoo_checkpoint_filter` runs it too for state dicts handed over directly
     (`pretrained_cfg_overlay=dict(state_dict=...)`), where it does not.
     """
     for key in CHECKPOINT_CONTAINER_KEYS:
@@ -72,20 +75,22 @@ def _warn_if_head_replaced(state_dict: dict, model: nn.Module) -> None:
             )
 
 
-def tied_checkpoint_filter(filter_fn: Optional[Callable] = None) -> Callable:
-    """Decorate a family's `checkpoint_filter_fn(state_dict, model)` so that it also handles tied parameters
-    (repeated copies must agree, then only the owner's key is kept) and announces a replaced classifier."""
+def zoo_checkpoint_filter(filter_fn: Optional[Callable] = None) -> Callable:
+    """Decorate a family's `checkpoint_filter_fn(state_dict, model)`: it gets the bare state dict
+    (`unwrap_checkpoint`), and its result gets the tied form (repeated copies of a shared tensor must agree, then
+    only the owner's key is kept); a replaced classifier is announced."""
 
     @functools.wraps(filter_fn or (lambda state_dict, model: state_dict))
-    def tied_filter(state_dict: dict, model: nn.Module) -> dict:
+    def zoo_filter(state_dict: dict, model: nn.Module) -> dict:
+        state_dict = unwrap_checkpoint(state_dict)
         if filter_fn is not None:
             state_dict = filter_fn(state_dict, model)
         state_dict = fold_shared_entries(state_dict, model)
         _warn_if_head_replaced(state_dict, model)
         return state_dict
 
-    tied_filter.handles_tied_entries = True
-    return tied_filter
+    zoo_filter.is_zoo_filter = True
+    return zoo_filter
 
 
 class _EveryCopyView:
@@ -128,18 +133,18 @@ def _with_url_as_file(variant: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     return dict(kwargs, pretrained_cfg_overlay={**(kwargs.get("pretrained_cfg_overlay") or {}), "file": path})
 
 
-def build_dcls_model(
+def build_zoo_model(
     model_cls: Callable[..., nn.Module], variant: str, pretrained: bool = False, **kwargs: Any
 ) -> nn.Module:
-    """`timm.models.build_model_with_cfg`, with `url` checkpoints loaded through timm's safe file loader and
-    tied parameters restored from either checkpoint form."""
+    """`timm.models.build_model_with_cfg`, with `url` checkpoints loaded through timm's safe file loader, the
+    family's filter wrapped in `zoo_checkpoint_filter`, and a failed load named by its file."""
     weights_file = None
     if pretrained:
         kwargs = _with_url_as_file(variant, kwargs)
         weights_file = _check_weights_source(kwargs)
     filter_fn = kwargs.get("pretrained_filter_fn")
-    if not getattr(filter_fn, "handles_tied_entries", False):
-        kwargs["pretrained_filter_fn"] = tied_checkpoint_filter(filter_fn)
+    if not getattr(filter_fn, "is_zoo_filter", False):
+        kwargs["pretrained_filter_fn"] = zoo_checkpoint_filter(filter_fn)
     try:
         return build_model_with_cfg(model_cls, variant, pretrained, **kwargs)
     except (pickle.UnpicklingError, EOFError, OSError, RuntimeError) as e:

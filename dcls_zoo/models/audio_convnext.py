@@ -40,8 +40,8 @@ from ..layers.audio import (
     LogMelFrontend,
     SpecAugment,
 )
-from ..layers.input_checks import chain_layers, check_input_dtype, input_checks_enabled, min_spatial_size
-from ._builder import build_dcls_model
+from ..layers.input_checks import DownsamplingChainMixin, check_input_dtype, input_checks_enabled
+from ._builder import build_zoo_model, zoo_checkpoint_filter
 
 __all__ = ["AudioSetConvNeXt", "checkpoint_filter_fn"]
 
@@ -49,15 +49,18 @@ SAMPLE_RATE = 32000
 CLIP_SAMPLES = 10 * SAMPLE_RATE
 
 
-class AudioSetConvNeXt(timm_convnext.ConvNeXt):
+class AudioSetConvNeXt(DownsamplingChainMixin, timm_convnext.ConvNeXt):
     """timm `ConvNeXt` on 32 kHz mono waveforms (B, samples) or (B, 1, samples), with the AudioSet front-end,
     time-padded stem and time/frequency pooling of the original.
 
     timm needs a 3-tuple `input_size`; the cfg says (1, 1, 320000) and the model also accepts (B, 1, 1, samples).
 
-    Args (besides timm's ConvNeXt arguments):
+    Args:
+        in_chans, num_classes: 1 (mono) and 527 (AudioSet).
         global_pool: 'freq_mean_time_maxmean' (the original), any timm pool type, or '' for no pooling.
         spec_augment: zero 2 time stripes (< 64 frames) and 2 mel stripes (< 28 bins) per clip in training.
+        **kwargs: timm's `ConvNeXt` arguments, less those of the image stem (`stem_type`, `patch_size`) and
+            `output_stride`.
     """
 
     def __init__(
@@ -65,26 +68,21 @@ class AudioSetConvNeXt(timm_convnext.ConvNeXt):
             in_chans: int = 1,
             num_classes: int = 527,
             global_pool: str = AUDIO_POOL_TYPE,
-            depths: tuple[int, ...] = (3, 3, 9, 3),
-            dims: tuple[int, ...] = (96, 192, 384, 768),
-            ls_init_value: Optional[float] = 1e-6,
-            head_init_scale: float = 1.0,
             spec_augment: bool = True,
-            drop_rate: float = 0.0,
-            drop_path_rate: float = 0.0,
             device=None,
             dtype=None,
+            **kwargs: Any,
     ) -> None:
         if in_chans != 1:
             raise ValueError(f"AudioSetConvNeXt takes mono waveforms (in_chans=1), got in_chans={in_chans}")
+        fixed = sorted({"stem_type", "patch_size", "output_stride"} & set(kwargs))
+        if fixed:
+            raise TypeError(f"AudioSetConvNeXt takes no {', '.join(fixed)}: its time-padded stem is fixed")
         dd = {"device": device, "dtype": dtype}
-        super().__init__(
-            in_chans=1, num_classes=num_classes, global_pool=_timm_pool_type(global_pool), depths=depths, dims=dims,
-            ls_init_value=ls_init_value, patch_size=4, head_init_scale=head_init_scale, drop_rate=drop_rate,
-            drop_path_rate=drop_path_rate, **dd,
-        )
+        super().__init__(in_chans=1, num_classes=num_classes, global_pool=_timm_pool_type(global_pool), **dd,
+                         **kwargs)
         # The original pads time by 4 on each side: 1001 frames -> 252 rows after the stem.
-        stem_conv = nn.Conv2d(1, dims[0], kernel_size=4, stride=4, padding=(4, 0), **dd)
+        stem_conv = nn.Conv2d(1, self.stem[0].out_channels, kernel_size=4, stride=4, padding=(4, 0), **dd)
         trunc_normal_(stem_conv.weight, std=0.02)
         nn.init.zeros_(stem_conv.bias)
         self.stem[0] = stem_conv
@@ -104,10 +102,7 @@ class AudioSetConvNeXt(timm_convnext.ConvNeXt):
     def min_samples(self) -> int:
         """Shortest clip that reaches the last stage (0.23 s at 32 kHz: 24 frames -> 8 stem rows -> 1 row), derived
         from the stem and downsampling layers along time (H)."""
-        chain = chain_layers(self.stem)
-        for stage in self.stages:
-            chain += chain_layers(stage.downsample)
-        frames = min_spatial_size(chain)[0]
+        frames = self.min_input_size()[0]
         # The centred STFT gives 1 + samples // hop_length frames.
         return max(self.frontend.min_samples, (frames - 1) * self.frontend.hop_length)
 
@@ -172,6 +167,7 @@ def _timm_pool_type(global_pool: str) -> str:
 _ORIGINAL_FRONTEND_PREFIXES = ("spectrogram_extractor.", "logmel_extractor.")
 
 
+@zoo_checkpoint_filter
 def checkpoint_filter_fn(state_dict: dict, model: AudioSetConvNeXt) -> dict:
     """Original layout (HF safetensors, or a Zenodo container's 'model') -> this model; ours passes through.
 
@@ -179,9 +175,6 @@ def checkpoint_filter_fn(state_dict: dict, model: AudioSetConvNeXt) -> dict:
     (a mismatch would mean a different front-end and silently wrong predictions), renames `bn0` ->
     `frontend.norm` and `head_audioset` -> `head`, then applies timm's FB-ConvNeXt remap.
     """
-    if "model" in state_dict and isinstance(state_dict["model"], dict):
-        state_dict = state_dict["model"]
-    state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}
     if "stem.0.weight" in state_dict:
         return state_dict
     mel = state_dict.get("logmel_extractor.melW")
@@ -208,7 +201,7 @@ def checkpoint_filter_fn(state_dict: dict, model: AudioSetConvNeXt) -> dict:
 
 
 def _create_audio_convnext(variant: str, pretrained: bool = False, **kwargs: Any) -> AudioSetConvNeXt:
-    return build_dcls_model(
+    return build_zoo_model(
         AudioSetConvNeXt, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         # 'getter' features run forward_intermediates, i.e. through the front-end (waveform in).

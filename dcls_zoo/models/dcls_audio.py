@@ -45,9 +45,10 @@ from timm.models import metaformer as timm_metaformer
 from ..data.audioset_labels import AUDIOSET_LABELS
 from ..layers import DclsModelMixin, dclsify
 from ..layers.audio import DCLS_AUDIO_FRONTEND, LogMelFrontend, check_waveform
-from ..layers.input_checks import chain_layers, check_input_dtype, input_checks_enabled, min_spatial_size
+from ..layers.input_checks import DownsamplingChainMixin, check_input_dtype, input_checks_enabled, input_owner
 from ..layers.rep_pos_enc import DclsRepConditionalPosEnc
-from ._builder import build_dcls_model, tied_checkpoint_filter, unwrap_checkpoint, with_every_shared_copy
+from ._builder import build_zoo_model, with_every_shared_copy, zoo_checkpoint_filter
+from ._metaformer import SailHeadMetaFormer
 
 __all__ = ["ConvNeXtAudio", "MetaFormerAudio", "FastVitAudio", "AUDIO_STEM_KERNEL"]
 
@@ -70,7 +71,7 @@ def _is_dw7x7(name: str, conv: nn.Conv2d) -> bool:
     return conv.groups == conv.in_channels == conv.out_channels and conv.kernel_size == (7, 7)
 
 
-class _AudioModelMixin(DclsModelMixin):
+class _AudioModelMixin(DclsModelMixin, DownsamplingChainMixin):
     """What the three families add to their timm class: the optional waveform front-end and DCLS helpers.
 
     Must come first in the bases so its `forward_intermediates` runs the front-end before the timm class's. Each
@@ -96,16 +97,10 @@ class _AudioModelMixin(DclsModelMixin):
             dclsify(self, version=dcls_version, dilated_kernel_size=dcls_dilated_kernel_size,
                     kernel_count=dcls_kernel_count, conv_filter=conv_filter)
 
-    def downsampling_chain(self) -> list[nn.Module]:
-        """Layers that set the shortest input, in forward order: the stem and each stage's downsampling."""
-        chain = chain_layers(self.stem)
-        for stage in self.stages:
-            chain += chain_layers(getattr(stage, "downsample", None))
-        return chain
-
     def min_frames(self) -> int:
-        """Fewest time frames (W) the model takes, derived from `downsampling_chain()`."""
-        return min_spatial_size(self.downsampling_chain())[1]
+        """Fewest time frames (W) the model takes, derived from `downsampling_chain()` (the stem and each stage's
+        downsampling)."""
+        return self.min_input_size()[1]
 
     def min_samples(self) -> int:
         """With `waveform_input`: the shortest clip, in samples, that gives `min_frames()` frames."""
@@ -114,17 +109,13 @@ class _AudioModelMixin(DclsModelMixin):
         # The centred STFT gives 1 + samples // hop_length frames.
         return max(self.frontend.min_samples, (self.min_frames() - 1) * self.frontend.hop_length)
 
-    def _input_owner(self) -> str:
-        cfg = getattr(self, "pretrained_cfg", None) or {}
-        return str(cfg.get("architecture") or type(self).__name__)
-
     @torch.jit.unused
     def check_input(self, x: torch.Tensor) -> None:
         """One line unless `x` is what the model takes: a (B, 1, num_mels, T) log-mel with T >= `min_frames()`,
         or with `waveform_input`, a (B, samples) waveform long enough for that many frames; in the model's dtype."""
         if not input_checks_enabled():
             return
-        what = self._input_owner()
+        what = input_owner(self)
         dtype = self.stem.weight.dtype if isinstance(self.stem, nn.Conv2d) else next(self.parameters()).dtype
         if self.frontend is not None:
             check_waveform(x, min_samples=self.min_samples(), what=f"{what} (waveform_input=True, 32 kHz mono)")
@@ -152,16 +143,23 @@ class _AudioModelMixin(DclsModelMixin):
             x = self.frontend(x)
         return super().forward_intermediates(x, *args, **kwargs)
 
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """The timm class's groups, with the front-end (its BatchNorm, if any) in the stem's."""
+        return dict(super().group_matcher(coarse), stem=r"^frontend|^stem")
 
 
 class ConvNeXtAudio(_AudioModelMixin, timm_convnext.ConvNeXt):
     """timm `ConvNeXt` with the (2, 16) audio stem (bias, then LayerNorm), optional DCLS and waveform front-end.
 
-    Args (besides timm's ConvNeXt arguments):
+    Args:
         waveform_input: put the DCLS-Audio log-mel front-end in the model (input (B, samples) at 32 kHz).
         num_mels: mel bins of the input (dim 2), 128 for the released models; other values train from scratch.
         dcls_version: None (dense 7x7 depthwise convs) or a DCLS version ('gauss' for the released models).
         dcls_dilated_kernel_size, dcls_kernel_count: DCLS grid side and elements per channel.
+        in_chans, num_classes: 1 (a log-mel) and 527 (AudioSet) by default.
+        **kwargs: timm's `ConvNeXt` arguments, less those of the image stem (`stem_type`, `patch_size`) and
+            `output_stride` (the audio stem and the time reductions are fixed).
     """
 
     def __init__(
@@ -173,22 +171,15 @@ class ConvNeXtAudio(_AudioModelMixin, timm_convnext.ConvNeXt):
             dcls_kernel_count: int = 26,
             in_chans: int = 1,
             num_classes: int = 527,
-            global_pool: str = "avg",
-            depths: tuple[int, ...] = (3, 3, 9, 3),
-            dims: tuple[int, ...] = (96, 192, 384, 768),
-            ls_init_value: Optional[float] = 1e-6,
-            head_init_scale: float = 1.0,
-            drop_rate: float = 0.0,
-            drop_path_rate: float = 0.0,
             device=None,
             dtype=None,
+            **kwargs: Any,
     ) -> None:
-        super().__init__(
-            in_chans=in_chans, num_classes=num_classes, global_pool=global_pool, depths=depths, dims=dims,
-            ls_init_value=ls_init_value, head_init_scale=head_init_scale, drop_rate=drop_rate,
-            drop_path_rate=drop_path_rate, device=device, dtype=dtype,
-        )
-        self.stem[0] = _audio_stem(in_chans, dims[0], bias=True, device=device, dtype=dtype)
+        fixed = sorted({"stem_type", "patch_size", "output_stride"} & set(kwargs))
+        if fixed:
+            raise TypeError(f"ConvNeXtAudio takes no {', '.join(fixed)}: its (2, 16) audio stem is fixed")
+        super().__init__(in_chans=in_chans, num_classes=num_classes, device=device, dtype=dtype, **kwargs)
+        self.stem[0] = _audio_stem(in_chans, self.stem[0].out_channels, bias=True, device=device, dtype=dtype)
         self._init_audio(
             waveform_input, num_mels, in_chans, dcls_version, dcls_dilated_kernel_size, dcls_kernel_count,
             lambda name, conv: name.endswith(".conv_dw") and _is_dw7x7(name, conv), device, dtype,
@@ -203,14 +194,11 @@ class ConvNeXtAudio(_AudioModelMixin, timm_convnext.ConvNeXt):
         x = self.stages(x)
         return self.norm_pre(x)
 
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
-        return dict(super().group_matcher(coarse), stem=r"^frontend|^stem")
 
-
-class MetaFormerAudio(_AudioModelMixin, timm_metaformer.MetaFormer):
+class MetaFormerAudio(_AudioModelMixin, SailHeadMetaFormer):
     """timm `MetaFormer` (ConvFormer) with the (2, 16) audio stem (no bias, then its LayerNorm), head LayerNorm
-    eps 1e-5, optional DCLS and waveform front-end. Arguments as `ConvNeXtAudio`, plus timm's MetaFormer ones."""
+    eps 1e-5 (`SailHeadMetaFormer`), optional DCLS and waveform front-end. Arguments as `ConvNeXtAudio`, then
+    ConvFormer-S18's depths and token mixers by default, plus timm's MetaFormer ones."""
 
     def __init__(
             self,
@@ -221,38 +209,21 @@ class MetaFormerAudio(_AudioModelMixin, timm_metaformer.MetaFormer):
             dcls_kernel_count: int = 26,
             in_chans: int = 1,
             num_classes: int = 527,
-            global_pool: str = "avg",
             depths: tuple[int, ...] = (3, 3, 9, 3),
-            dims: tuple[int, ...] = (64, 128, 320, 512),
             token_mixers: Any = timm_metaformer.SepConv,
-            norm_layers: Any = timm_metaformer.LayerNorm2dNoBias,
-            drop_rate: float = 0.0,
-            drop_path_rate: float = 0.0,
             device=None,
             dtype=None,
+            **kwargs: Any,
     ) -> None:
         super().__init__(
-            in_chans=in_chans, num_classes=num_classes, global_pool=global_pool, depths=depths, dims=dims,
-            token_mixers=token_mixers, norm_layers=norm_layers, drop_rate=drop_rate, drop_path_rate=drop_path_rate,
-            device=device, dtype=dtype,
+            in_chans=in_chans, num_classes=num_classes, depths=depths, token_mixers=token_mixers, device=device,
+            dtype=dtype, **kwargs,
         )
-        self.stem.conv = _audio_stem(in_chans, dims[0], bias=False, device=device, dtype=dtype)
-        self._set_head_norm_eps()
+        self.stem.conv = _audio_stem(in_chans, self.stem.conv.out_channels, bias=False, device=device, dtype=dtype)
         self._init_audio(
             waveform_input, num_mels, in_chans, dcls_version, dcls_dilated_kernel_size, dcls_kernel_count,
             lambda name, conv: name.endswith(".token_mixer.dwconv") and _is_dw7x7(name, conv), device, dtype,
         )
-
-    def _set_head_norm_eps(self) -> None:
-        # The original MlpHead LayerNorm uses torch's default eps (1e-5); timm's MlpHead uses 1e-6.
-        norm = getattr(self.head.fc, "norm", None)
-        if isinstance(norm, nn.LayerNorm):
-            norm.eps = 1e-5
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None, reset_other: bool = False,
-                         device=None, dtype=None) -> None:
-        super().reset_classifier(num_classes, global_pool, reset_other=reset_other, device=device, dtype=dtype)
-        self._set_head_norm_eps()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():
@@ -263,17 +234,6 @@ class MetaFormerAudio(_AudioModelMixin, timm_metaformer.MetaFormer):
         if self.grad_checkpointing and not torch.jit.is_scripting():
             return checkpoint_seq(self.stages, x)
         return self.stages(x)
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
-        # timm's MetaFormer has none; the layout is ConvNeXt's (stem, per-stage downsample + blocks).
-        return dict(
-            stem=r"^frontend|^stem",
-            blocks=r"^stages\.(\d+)" if coarse else [
-                (r"^stages\.(\d+)\.downsample", (0,)),
-                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
-            ],
-        )
 
 
 class FastVitAudio(_AudioModelMixin, timm_fastvit.FastVit):
@@ -324,19 +284,14 @@ class FastVitAudio(_AudioModelMixin, timm_fastvit.FastVit):
         x = self.stages(x)
         return self.final_conv(x)
 
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
-        return dict(super().group_matcher(coarse), stem=r"^frontend|^stem")
 
-
-@tied_checkpoint_filter
+@zoo_checkpoint_filter
 def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
     """Original DCLS-Audio layouts (FB ConvNeXt, sail-sg MetaFormer, Apple FastViT) -> ours; ours passes through.
 
-    Uses timm's own remaps; `tied_checkpoint_filter` then checks that the per-layer copies of each stage's shared DCLS
-    positions agree (or fills them in where a file stores them once).
+    Uses timm's own remaps on the unwrapped container; `zoo_checkpoint_filter` then checks that the per-layer
+    copies of each stage's shared DCLS positions agree (or fills them in where a file stores them once).
     """
-    state_dict = unwrap_checkpoint(state_dict)
     if isinstance(model, FastVitAudio):
         if "stem.weight" not in state_dict:   # ours has the plain-conv stem at 'stem'
             state_dict = timm_fastvit.checkpoint_filter_fn(state_dict, model)
@@ -350,7 +305,7 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
 
 
 def _create(model_cls: type, variant: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    model = build_dcls_model(
+    model = build_zoo_model(
         model_cls, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         # 'getter' features run forward_intermediates, i.e. through the front-end when there is one.

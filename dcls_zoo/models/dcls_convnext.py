@@ -15,14 +15,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import convnext as timm_convnext
 from timm.models import generate_default_cfgs, register_model
 
 from ..layers import DclsModelMixin, dclsify
-from ..layers.input_checks import ImageInputMixin
-from ._builder import build_dcls_model, tied_checkpoint_filter
+from ._builder import build_zoo_model, zoo_checkpoint_filter
+from ._convnext import CheckedConvNeXt
 
 __all__ = ["DclsConvNeXt"]
 
@@ -31,13 +30,15 @@ def _is_block_dwconv(name: str, conv) -> bool:
     return name.endswith(".conv_dw") and conv.groups == conv.in_channels == conv.out_channels
 
 
-class DclsConvNeXt(DclsModelMixin, ImageInputMixin, timm_convnext.ConvNeXt):
+class DclsConvNeXt(DclsModelMixin, CheckedConvNeXt):
     """timm `ConvNeXt` whose block depthwise convs are `Dcls2d` with positions tied per stage.
 
-    Args (in addition to timm's ConvNeXt arguments):
+    Args:
         dcls_version: DCLS interpolation, 'v0' (bilinear, the ICLR 2023 models), 'v1', 'gauss' or 'max'.
         dcls_dilated_kernel_size: side of the dense kernel grid (replaces `kernel_sizes`).
         dcls_kernel_count: learnable kernel elements per channel.
+        **kwargs: timm's `ConvNeXt` arguments, less `kernel_sizes`; `output_stride` 32 only (DCLS layers have no
+            dilation).
     """
 
     def __init__(
@@ -45,72 +46,32 @@ class DclsConvNeXt(DclsModelMixin, ImageInputMixin, timm_convnext.ConvNeXt):
         dcls_version: str = "v0",
         dcls_dilated_kernel_size: int = 17,
         dcls_kernel_count: int = 34,
-        in_chans: int = 3,
-        num_classes: int = 1000,
-        global_pool: str = "avg",
-        output_stride: int = 32,
-        depths: tuple[int, ...] = (3, 3, 9, 3),
-        dims: tuple[int, ...] = (96, 192, 384, 768),
-        ls_init_value: float | None = 1e-6,
-        stem_type: str = "patch",
-        patch_size: int = 4,
-        head_init_scale: float = 1.0,
-        head_norm_first: bool = False,
-        head_hidden_size: int | None = None,
-        conv_mlp: bool = False,
-        conv_bias: bool = True,
-        use_grn: bool = False,
-        act_layer: Any = "gelu",
-        norm_layer: Any = None,
-        norm_eps: float | None = None,
-        drop_rate: float = 0.0,
-        drop_path_rate: float = 0.0,
-        device=None,
-        dtype=None,
+        **kwargs: Any,
     ) -> None:
-        # kernel_sizes is not an argument: DCLS sets the dense kernel size. 3x3 stand-ins are built first so the
-        # temporary dense convs cost nothing.
-        super().__init__(
-            in_chans=in_chans, num_classes=num_classes, global_pool=global_pool, output_stride=output_stride,
-            depths=depths, dims=dims, kernel_sizes=3, ls_init_value=ls_init_value, stem_type=stem_type,
-            patch_size=patch_size, head_init_scale=head_init_scale, head_norm_first=head_norm_first,
-            head_hidden_size=head_hidden_size, conv_mlp=conv_mlp, conv_bias=conv_bias, use_grn=use_grn,
-            act_layer=act_layer, norm_layer=norm_layer, norm_eps=norm_eps, drop_rate=drop_rate,
-            drop_path_rate=drop_path_rate, device=device, dtype=dtype,
-        )
-        if output_stride != 32:
+        if "kernel_sizes" in kwargs:
+            raise TypeError("DclsConvNeXt takes no kernel_sizes: the DCLS grid sets it (dcls_dilated_kernel_size)")
+        if kwargs.get("output_stride", 32) != 32:
             raise ValueError("DclsConvNeXt supports output_stride=32 only (DCLS layers have no dilation)")
+        # 3x3 stand-ins are built first so the temporary dense convs cost nothing.
+        super().__init__(kernel_sizes=3, **kwargs)
         dclsify(
             self, version=dcls_version, dilated_kernel_size=dcls_dilated_kernel_size,
             kernel_count=dcls_kernel_count, conv_filter=_is_block_dwconv,
         )
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        # timm's, written out (TorchScript has no super()), after the input check.
-        if not torch.jit.is_scripting():
-            self.check_input(x)
-        x = self.stem(x)
-        x = self.stages(x)
-        return self.norm_pre(x)
 
-    def forward_intermediates(self, x: torch.Tensor, *args: Any, **kwargs: Any):
-        """timm's `forward_intermediates`, after the input check."""
-        self.check_input(x)
-        return super().forward_intermediates(x, *args, **kwargs)
-
-
-@tied_checkpoint_filter
+@zoo_checkpoint_filter
 def checkpoint_filter_fn(state_dict: dict, model: DclsConvNeXt) -> dict:
     """Original ConvNeXt-dcls layout (`{'model': ...}`, FB key names) → timm layout; timm layout passes through.
 
-    Every block of a stage stores a copy of the stage's positions; `tied_checkpoint_filter` checks that the copies
+    Every block of a stage stores a copy of the stage's positions; `zoo_checkpoint_filter` checks that the copies
     agree (they do in the released checkpoints) since the model keeps one shared tensor per stage.
     """
     return timm_convnext.checkpoint_filter_fn(state_dict, model)
 
 
 def _create_dcls_convnext(variant: str, pretrained: bool = False, **kwargs: Any) -> DclsConvNeXt:
-    return build_dcls_model(
+    return build_zoo_model(
         DclsConvNeXt, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=(0, 1, 2, 3), flatten_sequential=True),

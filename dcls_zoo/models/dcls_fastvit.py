@@ -27,10 +27,9 @@ from timm.models.fastvit import FastVit
 from ..layers import DclsModelMixin, dclsify
 from ..layers.input_checks import ImageInputMixin
 from ..layers.rep_pos_enc import DclsRepConditionalPosEnc
-from ._builder import build_dcls_model, tied_checkpoint_filter, unwrap_checkpoint
+from ._builder import build_zoo_model, zoo_checkpoint_filter
 
 __all__ = ["DclsFastVit", "DclsRepConditionalPosEnc", "checkpoint_filter_fn"]
-
 
 
 def _is_7x7_depthwise(name: str, conv: nn.Conv2d) -> bool:
@@ -81,27 +80,22 @@ class DclsFastVit(DclsModelMixin, ImageInputMixin, FastVit):
             return outs
         return self.final_conv(x)
 
-    def forward_intermediates(self, x: torch.Tensor, *args: Any, **kwargs: Any):
-        """timm's `forward_intermediates`, after the input check."""
-        self.check_input(x)
-        return super().forward_intermediates(x, *args, **kwargs)
 
-
-@tied_checkpoint_filter
+@zoo_checkpoint_filter
 def checkpoint_filter_fn(state_dict: dict[str, Any], model: DclsFastVit) -> dict[str, torch.Tensor]:
     """Apple ml-fastvit layout (or timm layout), optionally inside a train.py container -> this model's keys.
 
     Key renames are timm's own FastViT filter (`network.i.B.convffn.conv.conv.*` -> `stages.s.blocks.B.mlp.conv
     .conv.*`, `network.6.pe.*` -> `stages.3.pos_emb.pos_enc.*`). A stage's shared positions may be stored under
-    every layer (the originals) or once (`dcls_zoo.hub`): `tied_checkpoint_filter` handles both.
+    every layer (the originals) or once (`dcls_zoo.hub`): `zoo_checkpoint_filter` handles both, and unwraps the
+    container first (EMA weights first; timm's filter would pick 'state_dict').
     """
-    state_dict = unwrap_checkpoint(state_dict)  # timm's filter would otherwise pick 'state_dict', not the EMA
     return timm_fastvit.checkpoint_filter_fn(state_dict, model)
 
 
 def _create_dcls_fastvit(variant: str, pretrained: bool = False, **kwargs: Any) -> DclsFastVit:
     out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
-    return build_dcls_model(
+    return build_zoo_model(
         DclsFastVit,
         variant,
         pretrained,

@@ -12,35 +12,33 @@ Two details make the authors' checkpoints reproduce their logits:
 - they were trained with sail-sg's MetaFormer code, whose MLP head LayerNorm uses eps 1e-5 (timm's uses 1e-6;
   the difference moves logits by ~1e-2), so `head_norm_eps` defaults to 1e-5;
 - they are timm `train.py` containers (EMA weights under `state_dict_ema`, next to a pickled argparse.Namespace),
-  which `dcls_zoo.models._builder.build_dcls_model` downloads and hands to timm's safe file loader.
+  which `dcls_zoo.models._builder.build_zoo_model` downloads and hands to timm's safe file loader.
 """
 from __future__ import annotations
 
 from typing import Any
 
 import torch
-from timm.models import generate_default_cfgs, register_model
+from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 from timm.models import metaformer as timm_metaformer
-from timm.models import checkpoint_seq
-from timm.models.metaformer import MetaFormer, MlpHead
 
 from ..layers import DclsModelMixin, dclsify
 from ..layers.input_checks import ImageInputMixin
-from ._builder import build_dcls_model, tied_checkpoint_filter, unwrap_checkpoint, with_every_shared_copy
+from ._builder import build_zoo_model, with_every_shared_copy, zoo_checkpoint_filter
+from ._metaformer import SailHeadMetaFormer
 
 __all__ = ["DclsMetaFormer", "checkpoint_filter_fn"]
 
 
-
-class DclsMetaFormer(DclsModelMixin, ImageInputMixin, MetaFormer):
+class DclsMetaFormer(DclsModelMixin, ImageInputMixin, SailHeadMetaFormer):
     """timm's `MetaFormer` whose depthwise token-mixer convs are `Dcls2d` layers with per-stage shared positions.
 
     Args:
         dcls_version: DCLS interpolation, 'v0', 'v1', 'gauss' or 'max'.
         dcls_dilated_kernel_size: side of the grid the kernel elements move on (the padding is its half).
         dcls_kernel_count: learnable kernel elements per channel.
-        head_norm_eps: eps of the MLP head's LayerNorm (1e-5 in sail-sg's code, which trained the checkpoints).
-        **kwargs: `MetaFormer` arguments; unknown names raise TypeError there.
+        **kwargs: `SailHeadMetaFormer` arguments (`head_norm_eps`, 1e-5 as in sail-sg's code, which trained the
+            checkpoints) and `MetaFormer` ones; unknown names raise TypeError there.
     """
 
     def __init__(
@@ -48,30 +46,12 @@ class DclsMetaFormer(DclsModelMixin, ImageInputMixin, MetaFormer):
         dcls_version: str = "v1",
         dcls_dilated_kernel_size: int = 17,
         dcls_kernel_count: int = 40,
-        head_norm_eps: float = 1e-5,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.head_norm_eps = head_norm_eps
-        self._set_head_norm_eps()
         dclsify(
             self, version=dcls_version, dilated_kernel_size=dcls_dilated_kernel_size, kernel_count=dcls_kernel_count,
         )
-
-    def _set_head_norm_eps(self) -> None:
-        if isinstance(self.head.fc, MlpHead):
-            self.head.fc.norm.eps = self.head_norm_eps
-
-    def reset_classifier(
-        self,
-        num_classes: int,
-        global_pool: str | None = None,
-        reset_other: bool = False,
-        device=None,
-        dtype=None,
-    ) -> None:
-        super().reset_classifier(num_classes, global_pool, reset_other=reset_other, device=device, dtype=dtype)
-        self._set_head_norm_eps()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         # timm's, written out (TorchScript has no super()), after the input check.
@@ -82,32 +62,16 @@ class DclsMetaFormer(DclsModelMixin, ImageInputMixin, MetaFormer):
             return checkpoint_seq(self.stages, x)
         return self.stages(x)
 
-    def forward_intermediates(self, x: torch.Tensor, *args: Any, **kwargs: Any):
-        """timm's `forward_intermediates`, after the input check."""
-        self.check_input(x)
-        return super().forward_intermediates(x, *args, **kwargs)
 
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
-        return dict(
-            stem=r"^stem",
-            blocks=r"^stages\.(\d+)" if coarse else [
-                (r"^stages\.(\d+)\.downsample", (0,)),
-                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
-            ],
-        )
-
-
-
-@tied_checkpoint_filter
+@zoo_checkpoint_filter
 def checkpoint_filter_fn(state_dict: dict[str, Any], model: DclsMetaFormer) -> dict[str, torch.Tensor]:
     """sail-sg MetaFormer layout (or timm layout), optionally inside a train.py container -> this model's keys.
 
     Key renames are timm's own MetaFormer filter; DCLS keys (`token_mixer.dwconv.{weight,P}`) pass through it.
     A stage's shared positions may be stored under every layer (the originals) or once (`dcls_zoo.hub`):
-    `tied_checkpoint_filter` handles both. Raises ValueError if a key has no counterpart in `model`.
+    `zoo_checkpoint_filter` handles both (and unwraps the container). Raises ValueError if a key has no
+    counterpart in `model`.
     """
-    state_dict = unwrap_checkpoint(state_dict)
     if "stem.conv.weight" not in state_dict:
         try:
             state_dict = timm_metaformer.checkpoint_filter_fn(state_dict, with_every_shared_copy(model))
@@ -122,7 +86,7 @@ def checkpoint_filter_fn(state_dict: dict[str, Any], model: DclsMetaFormer) -> d
 def _create_dcls_metaformer(variant: str, pretrained: bool = False, **kwargs: Any) -> DclsMetaFormer:
     default_out_indices = tuple(range(len(kwargs.get("depths", (2, 2, 6, 2)))))
     out_indices = kwargs.pop("out_indices", default_out_indices)
-    return build_dcls_model(
+    return build_zoo_model(
         DclsMetaFormer,
         variant,
         pretrained,

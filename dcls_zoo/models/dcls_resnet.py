@@ -21,10 +21,9 @@ from timm.models.resnet import Bottleneck, ResNet
 
 from ..layers import DclsModelMixin, dclsify
 from ..layers.input_checks import ImageInputMixin, chain_layers
-from ._builder import build_dcls_model, tied_checkpoint_filter, unwrap_checkpoint
+from ._builder import build_zoo_model, zoo_checkpoint_filter
 
 __all__ = ["DclsResNet", "checkpoint_filter_fn"]
-
 
 
 def _is_3x3_conv(name: str, conv: nn.Conv2d) -> bool:
@@ -84,25 +83,14 @@ class DclsResNet(DclsModelMixin, ImageInputMixin, ResNet):
             x = self.layer4(x)
         return x
 
-    def forward_intermediates(self, x: torch.Tensor, *args: Any, **kwargs: Any):
-        """timm's `forward_intermediates`, after the input check."""
-        self.check_input(x)
-        return super().forward_intermediates(x, *args, **kwargs)
 
-
-
-@tied_checkpoint_filter
-def checkpoint_filter_fn(state_dict: dict[str, Any], model: DclsResNet) -> dict[str, torch.Tensor]:
-    """timm-layout checkpoint, optionally inside a train.py container -> this model's keys.
-
-    A stage's shared positions may be stored under every layer (the originals) or once (`dcls_zoo.hub`):
-    `tied_checkpoint_filter` handles both.
-    """
-    return unwrap_checkpoint(state_dict)
+# The checkpoint has timm's key layout: nothing to rename. The zoo's filter unwraps the train.py container (EMA
+# weights first) and takes a stage's shared positions stored under every layer (the original) or once (`dcls_zoo.hub`).
+checkpoint_filter_fn = zoo_checkpoint_filter()
 
 
 def _create_dcls_resnet(variant: str, pretrained: bool = False, **kwargs: Any) -> DclsResNet:
-    return build_dcls_model(DclsResNet, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
+    return build_zoo_model(DclsResNet, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
 
 
 def _cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:

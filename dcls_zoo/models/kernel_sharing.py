@@ -36,7 +36,7 @@ from timm.models.convmixer import ConvMixer
 from timm.models.resnet import BasicBlock, downsample_conv
 
 from ..layers import sharing
-from ._builder import build_dcls_model, tied_checkpoint_filter
+from ._builder import build_zoo_model, zoo_checkpoint_filter
 
 __all__ = ["KernelSharingConvMixer", "SEResNetCifar", "checkpoint_filter_fn"]
 
@@ -289,9 +289,9 @@ def _se_resnet_filter(state_dict: dict, model: SEResNetCifar) -> dict:
     return out
 
 
-@tied_checkpoint_filter
+@zoo_checkpoint_filter
 def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
-    """Original layouts → ours (timm layouts pass through); `tied_checkpoint_filter` then checks the shared copies and
+    """Original layouts → ours (timm layouts pass through); `zoo_checkpoint_filter` then checks the shared copies and
     fills in names stored once."""
     if isinstance(model, KernelSharingConvMixer):
         state_dict = _convmixer_filter(state_dict, model)
@@ -305,7 +305,7 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
 # ------------------------------------------------------------------------------------------------ creation
 
 def _create_convmixer(variant: str, pretrained: bool = False, **kwargs: Any) -> KernelSharingConvMixer:
-    return build_dcls_model(
+    return build_zoo_model(
         KernelSharingConvMixer, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=kwargs.pop("out_indices", 3), feature_cls="getter"),
@@ -317,7 +317,7 @@ def _create_se_resnet(
     variant: str, pretrained: bool, depth: int, share: bool, **kwargs: Any
 ) -> SEResNetCifar:
     kwargs = dict(dict(depth=depth, share_kernels=share), **kwargs)
-    return build_dcls_model(
+    return build_zoo_model(
         SEResNetCifar, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=(0, 1, 2, 3)),

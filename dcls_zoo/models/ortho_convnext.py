@@ -15,14 +15,14 @@ import re
 from functools import partial
 from typing import Any
 
-import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import register_notrace_module
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models import convnext as timm_convnext
+from timm.models import generate_default_cfgs, register_model
 
 from ..layers.activations import ACTIVATION_CLASSES, DEFAULT_DEGREES, activation_parameter_names
-from ..layers.input_checks import ImageInputMixin
+from ._builder import build_zoo_model, zoo_checkpoint_filter
+from ._convnext import CheckedConvNeXt
 
 __all__ = ["OrthoConvNeXt"]
 
@@ -32,13 +32,15 @@ for _activation_cls in ACTIVATION_CLASSES.values():
     register_notrace_module(_activation_cls)
 
 
-class OrthoConvNeXt(ImageInputMixin, timm_convnext.ConvNeXt):
+class OrthoConvNeXt(CheckedConvNeXt):
     """timm `ConvNeXt` whose block-MLP activation is a learnable Hermite / Fourier / tropical function.
 
-    Args (in addition to timm's ConvNeXt arguments, less `act_layer`):
+    Args:
         activation: 'hermite', 'fourier', 'tropical' or 'tropical_rational'.
         activation_degree: degree of the activation (default: the paper's, 3 / 5 / 5 / 6).
         activation_scheme: 'default' (torchortho 0.1.2 normalisation and init) or 'legacy' (0.1.0/0.1.1).
+        device, dtype: where and in what dtype to build the model (the activations too).
+        **kwargs: timm's `ConvNeXt` arguments, less `act_layer` (`activation` sets it).
     """
 
     def __init__(
@@ -46,58 +48,21 @@ class OrthoConvNeXt(ImageInputMixin, timm_convnext.ConvNeXt):
         activation: str = "hermite",
         activation_degree: int | None = None,
         activation_scheme: str = "default",
-        in_chans: int = 3,
-        num_classes: int = 1000,
-        global_pool: str = "avg",
-        output_stride: int = 32,
-        depths: tuple[int, ...] = (3, 3, 9, 3),
-        dims: tuple[int, ...] = (96, 192, 384, 768),
-        kernel_sizes: int | tuple[int, ...] = 7,
-        ls_init_value: float | None = 1e-6,
-        stem_type: str = "patch",
-        patch_size: int = 4,
-        head_init_scale: float = 1.0,
-        head_norm_first: bool = False,
-        head_hidden_size: int | None = None,
-        conv_mlp: bool = False,
-        conv_bias: bool = True,
-        use_grn: bool = False,
-        norm_layer: Any = None,
-        norm_eps: float | None = None,
-        drop_rate: float = 0.0,
-        drop_path_rate: float = 0.0,
         device=None,
         dtype=None,
+        **kwargs: Any,
     ) -> None:
+        if "act_layer" in kwargs:
+            raise TypeError("OrthoConvNeXt takes no act_layer: `activation` sets it")
         if activation not in ACTIVATION_CLASSES:
             raise ValueError(f"activation must be one of {sorted(ACTIVATION_CLASSES)}, got {activation!r}")
         degree = DEFAULT_DEGREES[activation] if activation_degree is None else activation_degree
         # timm's Mlp calls act_layer() with no arguments: bind degree, scheme and the factory device/dtype here
         act_layer = partial(ACTIVATION_CLASSES[activation], degree, scheme=activation_scheme, device=device,
                             dtype=dtype)
-        super().__init__(
-            in_chans=in_chans, num_classes=num_classes, global_pool=global_pool, output_stride=output_stride,
-            depths=depths, dims=dims, kernel_sizes=kernel_sizes, ls_init_value=ls_init_value, stem_type=stem_type,
-            patch_size=patch_size, head_init_scale=head_init_scale, head_norm_first=head_norm_first,
-            head_hidden_size=head_hidden_size, conv_mlp=conv_mlp, conv_bias=conv_bias, use_grn=use_grn,
-            act_layer=act_layer, norm_layer=norm_layer, norm_eps=norm_eps, drop_rate=drop_rate,
-            drop_path_rate=drop_path_rate, device=device, dtype=dtype,
-        )
+        super().__init__(act_layer=act_layer, device=device, dtype=dtype, **kwargs)
         self.activation = activation
         self.activation_degree = degree
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        # timm's, written out (TorchScript has no super()), after the input check.
-        if not torch.jit.is_scripting():
-            self.check_input(x)
-        x = self.stem(x)
-        x = self.stages(x)
-        return self.norm_pre(x)
-
-    def forward_intermediates(self, x: torch.Tensor, *args: Any, **kwargs: Any):
-        """timm's `forward_intermediates`, after the input check."""
-        self.check_input(x)
-        return super().forward_intermediates(x, *args, **kwargs)
 
     def no_weight_decay(self) -> set[str]:
         """Activation coefficients are trained without weight decay, as in the original recipe."""
@@ -109,10 +74,9 @@ class OrthoConvNeXt(ImageInputMixin, timm_convnext.ConvNeXt):
 _ACT_KEY = re.compile(r"^stages\.(\d+)\.(\d+)\.act\.(.+)$")
 
 
+@zoo_checkpoint_filter
 def checkpoint_filter_fn(state_dict: dict, model: OrthoConvNeXt) -> dict:
     """Original ConvNeXt-ortho layout (`{'model': ...}`, FB key names) → timm layout; timm layout passes through."""
-    if "model" in state_dict and "head.norm.weight" not in state_dict:
-        state_dict = state_dict["model"]
     activation_keys = {}
     rest = {}
     for key, value in state_dict.items():
@@ -128,7 +92,7 @@ def checkpoint_filter_fn(state_dict: dict, model: OrthoConvNeXt) -> dict:
 
 
 def _create_ortho_convnext(variant: str, pretrained: bool = False, **kwargs: Any) -> OrthoConvNeXt:
-    return build_model_with_cfg(
+    return build_zoo_model(
         OrthoConvNeXt, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=(0, 1, 2, 3), flatten_sequential=True),

@@ -46,7 +46,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..data.audioset_labels import AUDIOSET_LABELS
 from ..layers.audio import AUDIO_POOL_TYPE, PANNS_FRONTEND, FreqMeanTimeMaxMeanPool, LogMelFrontend, SpecAugment
-from ._builder import build_dcls_model
+from ._builder import build_zoo_model, zoo_checkpoint_filter
 
 __all__ = ["PANN", "PannConvBlock", "PannNextBlock", "checkpoint_filter_fn", "BLOCK_TYPES"]
 
@@ -362,6 +362,7 @@ def _check_original_frontend(state_dict: dict, model: PANN) -> None:
             )
 
 
+@zoo_checkpoint_filter
 def checkpoint_filter_fn(state_dict: dict, model: PANN) -> dict:
     """Original layout (PANNs / the authors' DSC code: a training dict's 'model') -> this model; ours passes through.
 
@@ -369,9 +370,6 @@ def checkpoint_filter_fn(state_dict: dict, model: PANN) -> dict:
     front-end and silently wrong predictions); `bn0` -> `frontend.norm`, `conv_block*` -> `blocks.<i>` in order of
     appearance, `fc_audioset` -> `head`.
     """
-    if isinstance(state_dict.get("model"), dict):
-        state_dict = state_dict["model"]
-    state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}
     if not any(k.startswith(("conv_block", "bn0.", "fc_audioset.")) for k in state_dict):
         return state_dict  # already ours
     _check_original_frontend(state_dict, model)
@@ -415,7 +413,7 @@ def _create_pann(variant: str, pretrained: bool = False, **kwargs: Any) -> PANN:
     # PANNs checkpoints are training containers with NumPy sampler state next to the weights (see above).
     context = torch.serialization.safe_globals(_numpy_array_globals()) if pretrained else contextlib.nullcontext()
     with context:
-        return build_dcls_model(
+        return build_zoo_model(
             PANN, variant, pretrained,
             pretrained_filter_fn=checkpoint_filter_fn,
             # 'getter' features run forward_intermediates, i.e. through the front-end (waveform in).

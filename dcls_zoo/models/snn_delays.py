@@ -20,10 +20,11 @@ scores (``nn.CrossEntropyLoss()(model(x), y)`` reproduces the original loss).
 Input: (B, T, 140) (or (B, 1, T, 140), timm's (C, H, W) convention): binned spike counts (SHD/SSC, see
 `dcls_zoo.data.spikes`) or 140 log-mel frames (GSC).
 
-Training pieces (plain objects; the trainer calls them):
-    * `snn_delays_param_groups(model, ...)`: weights / norm / positions groups (positions: lr x100, no decay;
-      widths SIG are frozen and excluded).
-    * `clamp_delays(model)`: after every optimizer step.
+Training pieces:
+    * optimizer groups: `model.dcls_parameter_groups(position_lr_scale=100)` (the original's: positions at 100 x
+      lr, no decay; the widths SIG are frozen and left out), as the `snn-delays-shd` training preset does.
+    * the positions are clamped to the grid before every forward (`enable_position_clamp`), i.e. after every
+      optimizer step as in the original; `model.clamp_parameters()` clamps on demand.
     * `SigmaSchedule(model, epochs)`: ``.step(epoch)`` after every epoch (exponential decay of SIG to 0.23 over
       the first quarter of training).
     * `rounded_delays(model)`: context manager for validation in the original's inference mode, restoring the
@@ -44,14 +45,14 @@ from timm.models import generate_default_cfgs, register_model
 from ._timm_private import feature_take_indices
 from torch.utils.checkpoint import checkpoint
 
-from ..layers.dcls import Dcls1d, DclsModelMixin, clamp_dcls_parameters, enable_position_clamp
-from ..layers.input_checks import autocast_accepts
+from ..layers.dcls import Dcls1d, DclsModelMixin, enable_position_clamp
+from ..layers.input_checks import autocast_accepts, input_owner
 from ..layers.spiking import LIFNeuron, TimeSharedDropout
-from ._builder import build_dcls_model, tied_checkpoint_filter
+from ._builder import build_zoo_model, zoo_checkpoint_filter
 
 __all__ = [
-    "SnnDelays", "SynapticDelay", "SigmaSchedule", "snn_delays_param_groups", "clamp_delays", "rounded_delays",
-    "convert_delays_for_inference", "export_integer_delays", "checkpoint_filter_fn",
+    "SnnDelays", "SynapticDelay", "SigmaSchedule", "rounded_delays", "convert_delays_for_inference",
+    "export_integer_delays", "checkpoint_filter_fn",
 ]
 
 SIGMA_FINAL = 0.23          # the schedule stops once SIG reaches this (effective std SIG + 0.27 = 0.5 steps)
@@ -300,10 +301,6 @@ class SnnDelays(DclsModelMixin, nn.Module):
 
 
     # -------------------------------------------------------------------------------------------------- forward
-    def _input_owner(self) -> str:
-        cfg = getattr(self, "pretrained_cfg", None) or {}
-        return str(cfg.get("architecture") or type(self).__name__)
-
     def _check_input(self, x: torch.Tensor) -> torch.Tensor:
         """The input as (B, T, F) in the model's dtype, or one line saying what the model takes.
 
@@ -314,7 +311,7 @@ class SnnDelays(DclsModelMixin, nn.Module):
         """
         expected = (f"spikes (batch, time, {self.num_inputs}) or (batch, 1, time, {self.num_inputs}) in the model's "
                     f"dtype ({self.blocks[0].delay.weight.dtype}; bool / integer counts are converted)")
-        what = self._input_owner()
+        what = input_owner(self)
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{what} takes {expected}, got {type(x).__name__}")
         if x.dim() == 4 and x.shape[1] == 1:
@@ -399,42 +396,6 @@ class SnnDelays(DclsModelMixin, nn.Module):
 
 
 # ------------------------------------------------------------------------------------------ training helpers
-
-def snn_delays_param_groups(
-    model: nn.Module,
-    lr: float = 1e-3,
-    weight_decay: float = 1e-5,
-    position_lr: Optional[float] = None,
-    position_weight_decay: float = 0.0,
-) -> list[dict]:
-    """Optimizer groups of the original recipe: delay weights (lr, weight_decay), BatchNorm (lr, no decay) and
-    delay positions P (position_lr, default 100 x lr, no decay). Frozen widths SIG are left out.
-
-    Each group carries a ``"name"`` ('weights', 'norm', 'positions') so a trainer can attach its own schedule
-    (the original: OneCycle to 5 x lr for weights, cosine for positions) or build two optimizers.
-    """
-    position_lr = 100 * lr if position_lr is None else position_lr
-    delays = [m for m in model.modules() if isinstance(m, Dcls1d)]
-    positions = {id(m.P): m.P for m in delays if m.P.requires_grad}
-    frozen = {id(m.SIG) for m in delays if m.SIG is not None}
-    weights, norm = [], []
-    for module in model.modules():
-        for p in module.parameters(recurse=False):
-            if not p.requires_grad or id(p) in positions or id(p) in frozen:
-                continue
-            (weights if isinstance(module, Dcls1d) else norm).append(p)
-    return [
-        {"name": "weights", "params": weights, "lr": lr, "weight_decay": weight_decay},
-        {"name": "norm", "params": norm, "lr": lr, "weight_decay": 0.0},
-        {"name": "positions", "params": list(positions.values()), "lr": position_lr,
-         "weight_decay": position_weight_decay},
-    ]
-
-
-def clamp_delays(model: nn.Module) -> None:
-    """Clamp all delay positions to their grid; call after every optimizer step (the original does)."""
-    clamp_dcls_parameters(model)
-
 
 class SigmaSchedule:
     """Per-epoch exponential decay of the Gaussian delay widths, as in the original.
@@ -540,7 +501,7 @@ def export_integer_delays(model: nn.Module) -> dict[str, dict[str, torch.Tensor]
 
 # ------------------------------------------------------------------------------------------ checkpoints
 
-@tied_checkpoint_filter
+@zoo_checkpoint_filter
 def checkpoint_filter_fn(state_dict: dict, model: SnnDelays) -> dict:
     """Original layout (``model.{k}`` of the `nn.Sequential`: Dcls1d, BatchNorm, LIF, Dropout per hidden layer, then
     the read-out Dcls1d) -> ours; our own layout passes through. Rounding buffers absent from original checkpoints
@@ -593,9 +554,9 @@ def _create_snn_delays(variant: str, pretrained: bool = False, **kwargs: Any) ->
         return checkpoint_filter_fn(state_dict, model)
 
     # checkpoint_filter_fn already restores tied entries and announces a replaced head: not a second time.
-    filter_fn.handles_tied_entries = True
+    filter_fn.is_zoo_filter = True
 
-    model = build_dcls_model(
+    model = build_zoo_model(
         SnnDelays, variant, pretrained,
         pretrained_filter_fn=filter_fn,
         feature_cfg=dict(out_indices=kwargs.pop("out_indices", (0, 1)), feature_cls="getter", output_fmt="NLC"),
