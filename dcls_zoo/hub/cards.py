@@ -254,7 +254,7 @@ _PLAIN_OPTIMIZER = """
 optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)"""
 
 
-def _library_usage(repo_id: str, library: str, task: str, has_dcls: bool) -> str:
+def _library_usage(repo_id: str, library: str, task: str, has_dcls: bool, input_size: tuple = ()) -> str:
     if library == "transformers":
         return f'''## How to use
 
@@ -281,9 +281,12 @@ model = AutoModelForSequenceClassification.from_pretrained("{repo_id}", num_labe
 ```
 '''
     if task == "audio-classification":
-        example = ("# x: (batch, 1, 128 mel bins, 1001 frames) normalised log-mels as in the original pipeline\n"
-                   "# (or pass waveform_input=True to create_model and feed 32 kHz mono waveforms, (batch, samples))\n"
-                   "x = torch.randn(1, *model.pretrained_cfg['input_size'])")
+        from dcls_zoo.models.dcls_audio import SAMPLE_RATE
+
+        channels, mels, frames = input_size
+        example = (f"# x: (batch, {channels}, {mels} mel bins, {frames} frames) normalised log-mels as in the original "
+                   f"pipeline\n# (or pass waveform_input=True to create_model and feed {SAMPLE_RATE // 1000} kHz mono "
+                   "waveforms, (batch, samples))\nx = torch.randn(1, *model.pretrained_cfg['input_size'])")
     else:
         example = ("data_config = timm.data.resolve_model_data_config(model)\n"
                    "transform = timm.data.create_transform(**data_config, is_training=False)\n"
@@ -420,7 +423,8 @@ def model_card(name: str, model: Optional[nn.Module] = None, org: str = HUB_ORG)
         else:
             lines += [f"None: {facts.metric_note}."]
     has_dcls = library == "timm" and _dcls_summary(model) is not None
-    lines += ["", _library_usage(repo_id, library, task, has_dcls).rstrip(), ""]
+    input_size = tuple((getattr(model, "pretrained_cfg", None) or {}).get("input_size", ()))
+    lines += ["", _library_usage(repo_id, library, task, has_dcls, input_size).rstrip(), ""]
     if facts:
         lines += ["## Conversion", "",
                   f"`dcls-zoo convert {name} CHECKPOINT OUT_DIR` loads the original checkpoint through the family's "
