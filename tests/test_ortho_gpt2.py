@@ -1,5 +1,6 @@
 """ortho_gpt2: GPT-2 parity, Auto-class and remote-code round trips, GPT-2 and nanoGPT checkpoints, presets."""
 import importlib
+import inspect
 import json
 import math
 import os
@@ -17,9 +18,11 @@ from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     GPT2Config,
+    GPT2ForSequenceClassification,
     GPT2LMHeadModel,
 )
 
+import dcls_zoo.layers.activations.registry as activations_registry
 from dcls_zoo.layers.activations import DEFAULT_DEGREES, FourierActivation, HermiteActivation
 from dcls_zoo.lm import (
     ORTHO_GPT2_PRESETS,
@@ -56,9 +59,11 @@ def _perturb_activations(model, scale=0.05, seed=0):
 def test_config_defaults_validation_and_auto_registration():
     config = OrthoGPT2Config(**TINY)
     assert (config.model_type, config.activation, config.activation_degree) == ("ortho_gpt2", "hermite", None)
-    assert OrthoGPT2Model(config).h[0].mlp.act.degree == 3 and config.activation_degree == 3
+    model = OrthoGPT2Model(config)
+    assert model.h[0].mlp.act.degree == 3 and model.config.activation_degree == 3
     config = OrthoGPT2Config(activation="fourier", **TINY)
-    assert OrthoGPT2Model(config).h[0].mlp.act.degree == 5 and config.activation_degree == 5
+    model = OrthoGPT2Model(config)
+    assert model.h[0].mlp.act.degree == 5 and model.config.activation_degree == 5
     assert {k: v for k, v in ACTIVATION_DEFAULT_DEGREES.items() if k != "gelu"} == DEFAULT_DEGREES
     for kwargs, message in [(dict(activation="relu"), "activation must be one of"),
                             (dict(activation_degree=0), "activation_degree must be an integer"),
@@ -71,6 +76,35 @@ def test_config_defaults_validation_and_auto_registration():
     assert type(AutoModel.from_config(config)) is OrthoGPT2Model
     assert type(AutoModelForCausalLM.from_config(config)) is OrthoGPT2LMHeadModel
     assert type(AutoModelForSequenceClassification.from_config(config)) is OrthoGPT2ForSequenceClassification
+
+
+@pytest.mark.parametrize("model_cls", [OrthoGPT2Model, OrthoGPT2LMHeadModel, OrthoGPT2ForSequenceClassification])
+def test_building_a_model_leaves_the_callers_config_unchanged(model_cls):
+    config = OrthoGPT2Config(activation="fourier", **TINY)
+    before = config.to_dict()
+    model = model_cls(config)
+    assert config.to_dict() == before and config.activation_degree is None
+    # the model keeps the degree written out (saved explicitly), in one config shared with its GPT-2 body
+    assert model.config.activation_degree == 5
+    assert model.base_model.config is model.config
+    resolved = OrthoGPT2Config(activation="fourier", activation_degree=5, **TINY)
+    assert model_cls(resolved).config is resolved  # nothing to write out: the caller's object, as in transformers
+
+
+@pytest.mark.parametrize("model_cls,parent", [(OrthoGPT2LMHeadModel, GPT2LMHeadModel),
+                                              (OrthoGPT2ForSequenceClassification, GPT2ForSequenceClassification)])
+def test_heads_run_their_gpt2_parent_constructor(monkeypatch, model_cls, parent):
+    """So whatever a transformers release sets up in GPT2LMHeadModel / GPT2ForSequenceClassification is kept."""
+    calls = []
+    real = parent.__init__
+    monkeypatch.setattr(parent, "__init__", lambda self, config: calls.append(config) or real(self, config))
+    model = model_cls(OrthoGPT2Config(activation="hermite", num_labels=3, **TINY))
+    assert calls == [model.config]
+    assert type(model.transformer) is OrthoGPT2Model and type(model.transformer.h[0].mlp.act) is HermiteActivation
+    if model_cls is OrthoGPT2LMHeadModel:
+        assert model.lm_head.weight is model.transformer.wte.weight
+    else:
+        assert model.num_labels == 3 and model.score.out_features == 3
 
 
 @pytest.mark.parametrize("preset,act_cls,degree", [("gpt2-124m-hermite3", HermiteActivation, 3),
@@ -143,8 +177,10 @@ def test_save_load_generate_round_trip(tmp_path):
     _perturb_activations(model)
     model.save_pretrained(tmp_path)
     files = set(os.listdir(tmp_path))
+    # the activations' package travels with the remote code: its registry as ortho_activations.py, and its modules
     assert {"config.json", "model.safetensors", "configuration_ortho_gpt2.py", "modeling_ortho_gpt2.py",
-            "ortho_activations.py"} <= files
+            "ortho_activations.py", "modules.py", "eager.py", "kernels.py", "fitting.py"} <= files
+    assert (tmp_path / "ortho_activations.py").read_text() == inspect.getsource(activations_registry)
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["model_type"] == "ortho_gpt2" and config["activation"] == "hermite"
     assert set(config["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForCausalLM",
@@ -184,7 +220,10 @@ def test_gpt2_checkpoint_loads_with_only_activation_parameters_new(tmp_path):
         torch.testing.assert_close(value, getattr(fresh, name), rtol=0, atol=0)
 
 
-def test_remote_code_loads_without_dcls_zoo(tmp_path):
+@pytest.mark.parametrize("dcls_zoo_importable", [False, True], ids=["without-dcls_zoo", "with-dcls_zoo"])
+def test_remote_code_loads(tmp_path, dcls_zoo_importable):
+    """A saved folder loads with trust_remote_code=True where dcls_zoo cannot be imported (the folder holds the
+    activations' code), and where it can (transformers then takes the classes dcls_zoo registered)."""
     torch.manual_seed(0)
     folder = tmp_path / "saved"
     model = OrthoGPT2LMHeadModel(OrthoGPT2Config(activation="fourier", **TINY)).eval()
@@ -204,37 +243,50 @@ def test_remote_code_loads_without_dcls_zoo(tmp_path):
                     raise ModuleNotFoundError(f"No module named {{name!r}} (blocked)", name=name)
                 return None
 
-        sys.meta_path.insert(0, BlockDclsZoo())
-        try:
-            import dcls_zoo
-        except ModuleNotFoundError:
-            pass
+        importable = {dcls_zoo_importable!r}
+        if importable:
+            sys.path.insert(0, {os.path.dirname(os.path.dirname(os.path.abspath(__file__)))!r})
+            import dcls_zoo.lm  # registers the Auto classes
         else:
-            raise SystemExit("dcls_zoo is importable")
+            sys.meta_path.insert(0, BlockDclsZoo())
+            try:
+                import dcls_zoo
+            except ModuleNotFoundError:
+                pass
+            else:
+                raise SystemExit("dcls_zoo is importable")
 
         import torch
         from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
 
         folder = {str(folder)!r}
         expected = torch.load({str(tmp_path / 'expected.pt')!r})
-        try:
-            AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=False)
-        except ValueError as error:
-            assert "trust_remote_code" in str(error)
+        if importable:
+            local = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=False)
+            assert type(local) is dcls_zoo.lm.OrthoGPT2LMHeadModel, type(local)
         else:
-            raise SystemExit("loaded custom code without trust_remote_code")
+            try:
+                AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=False)
+            except ValueError as error:
+                assert "trust_remote_code" in str(error)
+            else:
+                raise SystemExit("loaded custom code without trust_remote_code")
         model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
-        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        # the folder's code; where dcls_zoo registered its classes, those (transformers prefers registered code)
+        assert type(model).__module__.startswith("dcls_zoo.lm" if importable else "transformers_modules"), type(model)
         assert type(model.transformer.h[0].mlp.act).__name__ == "FourierActivation"
         ids = expected["ids"]
         torch.testing.assert_close(model(ids).logits, expected["logits"], rtol=0, atol=0)
         generated = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, do_sample=False,
                                    pad_token_id=0)
         assert torch.equal(generated, expected["generated"])
+        assert model.activation_parameter_names() == {{f"transformer.h.{{i}}.mlp.act.{{n}}" for i in range(2)
+                                                      for n in ("fundamental", "phases", "coefficients", "grid")}}
         assert type(AutoModel.from_pretrained(folder, trust_remote_code=True)).__name__ == "OrthoGPT2Model"
         classifier = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True, num_labels=2)
         assert type(classifier).__name__ == "OrthoGPT2ForSequenceClassification"
-        assert not any(name == "dcls_zoo" or name.startswith("dcls_zoo.") for name in sys.modules)
+        if not importable:
+            assert not any(name == "dcls_zoo" or name.startswith("dcls_zoo.") for name in sys.modules)
         print("REMOTE-OK")
     """)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}

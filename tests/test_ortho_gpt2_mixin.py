@@ -1,7 +1,8 @@
 """transformers' own ModelTesterMixin and ConfigTester on the ortho_gpt2 classes.
 
-The mixins come from the sdist of the installed transformers, fetched at test time (tests/third_party_fetch.py);
-GenerationTesterMixin is not shipped there, so generation is covered by tests/test_ortho_gpt2.py instead.
+The mixins come from the sdist of the installed transformers, fetched before pytest by
+scripts/fetch_third_party_tests.py (`make test` runs it); if they are missing the module fails to collect, naming
+that command. GenerationTesterMixin is not shipped there, so generation is covered by tests/test_ortho_gpt2.py.
 """
 import sys
 import unittest
@@ -9,12 +10,9 @@ import warnings
 
 import pytest
 import torch
-from third_party_fetch import FetchError, fetch_transformers_tests
+from third_party_paths import require_third_party
 
-try:
-    sys.path.insert(0, str(fetch_transformers_tests()))
-except FetchError as error:
-    pytest.skip(f"transformers sdist unavailable: {error}", allow_module_level=True)
+sys.path.insert(0, str(require_third_party("transformers_tests")))
 
 from transformers.models.auto import modeling_auto
 

@@ -1,19 +1,21 @@
 """Configuration of GPT-2 with a learnable Hermite / Fourier / tropical MLP activation (arXiv 2502.01247).
 
-Self-contained (transformers only): `save_pretrained` copies this file next to the weights so that the folder
-loads with `trust_remote_code=True` where dcls_zoo is not installed.
+Remote code: `save_pretrained` copies this file and `ortho_activations.py` (with what it imports) next to the
+weights, so that the folder loads with `trust_remote_code=True` where dcls_zoo is not installed.
 """
 from __future__ import annotations
 
 from huggingface_hub.dataclasses import strict
 from transformers.models.gpt2.configuration_gpt2 import GPT2Config
 
+from .ortho_activations import DEFAULT_DEGREES, SCHEMES
+
 __all__ = ["OrthoGPT2Config", "ORTHO_GPT2_PRESETS"]
 
-# activation -> default degree (the paper's: GPT-2 used Hermite 3 and Fourier 5); "gelu" keeps GPT-2's own
-# `activation_function`. Mirrors dcls_zoo.layers.activations.DEFAULT_DEGREES (checked by the tests).
-ACTIVATION_DEFAULT_DEGREES = {"hermite": 3, "fourier": 5, "tropical": 5, "tropical_rational": 6, "gelu": None}
-ACTIVATION_SCHEMES = ("default", "legacy")
+# activation -> default degree (the activations' registry; the paper's GPT-2 used Hermite 3 and Fourier 5); "gelu"
+# keeps GPT-2's own `activation_function`
+ACTIVATION_DEFAULT_DEGREES = {**DEFAULT_DEGREES, "gelu": None}
+ACTIVATION_SCHEMES = SCHEMES
 
 # GPT-2 124M as trained by the authors (nanoGPT): padded vocabulary, no dropout, exact GELU for the baseline.
 _GPT2_124M = dict(vocab_size=50304, n_positions=1024, n_embd=768, n_layer=12, n_head=12, resid_pdrop=0.0,

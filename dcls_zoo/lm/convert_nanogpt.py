@@ -14,16 +14,13 @@ from typing import Any, Union
 
 import torch
 
-from ..layers.activations import reference_scheme
+from ..layers.activations import ACTIVATION_CLASSES, reference_scheme
 from .configuration_ortho_gpt2 import OrthoGPT2Config
 from .modeling_ortho_gpt2 import OrthoGPT2LMHeadModel
 
 __all__ = ["convert_nanogpt_state_dict", "load_nanogpt_checkpoint"]
 
 _TRANSPOSED = re.compile(r"\.(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.weight$")
-# torchortho's constant buffers per activation (Fourier's `grid` is a parameter: its frequencies)
-_ACT_BUFFERS = {"hermite": ("coeffs", "grid", "normalization_term"), "fourier": ("normalization_term",),
-                "tropical": ("powers",), "tropical_rational": (), "gelu": ()}
 
 
 def _strip_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -36,11 +33,6 @@ def _strip_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     return out
 
 
-# the key whose size gives the degree (size - 1; Fourier: size)
-_DEGREE_FROM_KEY = {"hermite": "coefficients", "tropical": "coefficients", "fourier": "phases",
-                    "tropical_rational": "powers_num"}
-
-
 def _activation_entries(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The first block's activation tensors, by their torchortho names."""
     return {k.split(".mlp.act.", 1)[1]: v for k, v in state_dict.items() if k.startswith("transformer.h.0.mlp.act.")}
@@ -50,17 +42,19 @@ def _detect_activation(state_dict: dict[str, torch.Tensor]) -> tuple[str, int | 
     act = _activation_entries(state_dict)
     if not act:
         return "gelu", None, None
-    scheme = reference_scheme(act)
-    if "phases" in act:
-        return "fourier", act["phases"].numel(), scheme
-    if "powers_num" in act:
-        return "tropical_rational", act["powers_num"].numel() - 1, scheme
-    if "coeffs" in act:
-        return "hermite", act["coefficients"].numel() - 1, scheme
-    if "powers" in act:
-        return "tropical", act["coefficients"].numel() - 1, scheme
-    raise ValueError("cannot tell the activation from its keys (only 'mlp.act.coefficients', no torchortho "
-                     "buffers); pass activation='hermite' or activation='tropical'")
+    # the key only that torchortho activation has (Hermite and Tropical differ only by their buffers)
+    for key, name in (("phases", "fourier"), ("powers_num", "tropical_rational"), ("coeffs", "hermite"),
+                      ("powers", "tropical")):
+        if key in act:
+            return name, _degree(name, act), reference_scheme(act)
+    raise ValueError(f"cannot tell the activation from its keys ({', '.join(sorted(act))}: no torchortho buffer "
+                     f"names it); pass activation= (one of {sorted(ACTIVATION_CLASSES)})")
+
+
+def _degree(activation: str, act: dict[str, torch.Tensor]) -> int | None:
+    """The degree the activation's tensors were saved with; None for GELU or when they do not tell."""
+    cls = ACTIVATION_CLASSES.get(activation)
+    return None if cls is None else cls.degree_from_state_dict(act)
 
 
 def convert_nanogpt_state_dict(
@@ -90,8 +84,7 @@ def convert_nanogpt_state_dict(
         activation = config_overrides["activation"]
         act = _activation_entries(state_dict)
         scheme = reference_scheme(act)
-        degree = _DEGREE_FROM_KEY.get(activation)
-        degree = act[degree].numel() - (activation != "fourier") if degree in act else None
+        degree = _degree(activation, act)
         requested = config_overrides.get("activation_scheme")
         if scheme is not None and requested is not None and requested != scheme:
             raise ValueError(
@@ -113,11 +106,14 @@ def convert_nanogpt_state_dict(
     config_kwargs.update(config_overrides)
     config = OrthoGPT2Config(**config_kwargs)
 
+    # torchortho's constant buffers (Fourier's `grid` is a parameter there: its frequencies)
+    act_cls = ACTIVATION_CLASSES.get(config.activation)
+    reference_buffers = () if act_cls is None else act_cls._reference_buffers
     out: dict[str, torch.Tensor] = {}
     for key, value in state_dict.items():
         if key.endswith(".attn.bias") and value.ndim == 4:
             continue  # nanoGPT's causal mask (non-flash path)
-        if ".mlp.act." in key and key.rsplit(".", 1)[1] in _ACT_BUFFERS[config.activation]:
+        if ".mlp.act." in key and key.rsplit(".", 1)[1] in reference_buffers:
             continue  # torchortho's constant buffers; the scheme they encode is in the config
         if key == "lm_head.weight" and tied:
             continue

@@ -5,11 +5,12 @@ embeddings and the heads are transformers' GPT-2, so a standard GPT-2 checkpoint
 every shared weight kept and only the activation coefficients reported as new (initialised by `_init_weights`
 to the activations' variance-preserving values).
 
-Self-contained (transformers + the sibling files), so `save_pretrained` folders load with `trust_remote_code=True`
-without dcls_zoo; see `ortho_activations.py`.
+Remote code (transformers + the sibling files), so `save_pretrained` folders load with `trust_remote_code=True`
+without dcls_zoo; see `ortho_activations.py` and `_copy_activation_sources`.
 """
 from __future__ import annotations
 
+import copy
 import inspect
 import os
 import shutil
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 from transformers import initialization as init
 from transformers.cache_utils import Cache
+from transformers.dynamic_module_utils import get_relative_import_files
 from transformers.utils.deprecation import deprecate_kwarg
 from transformers.models.gpt2.modeling_gpt2 import (
     GPT2ForSequenceClassification,
@@ -65,27 +67,46 @@ class OrthoGPT2PreTrainedModel(GPT2PreTrainedModel):
         if self._auto_class is not None:
             self.config.auto_map = dict(_AUTO_MAP)
         super().save_pretrained(save_directory, *args, **kwargs)
-        # transformers copied the re-exporting ortho_activations.py; put the implementation in its place
-        copied = os.path.join(save_directory, "ortho_activations.py")
-        implementation = inspect.getsourcefile(ACTIVATION_CLASSES["hermite"])
-        if os.path.isfile(copied) and os.path.abspath(implementation) != os.path.abspath(copied):
-            shutil.copyfile(implementation, copied)
+        _copy_activation_sources(save_directory)
 
 
-def _swap_activations(config: OrthoGPT2Config, model: GPT2Model) -> None:
-    if config.activation == "gelu":
-        return  # GPT-2's own config.activation_function
-    config.activation_degree = config.resolved_activation_degree()  # saved explicitly from now on
-    for block in model.h:
-        block.mlp.act = create_activation(config.activation, config.activation_degree,
-                                          scheme=config.activation_scheme)
+def _copy_activation_sources(folder: str | os.PathLike) -> None:
+    """Make a saved folder's remote code self-contained.
+
+    transformers copies the files that the modeling file imports relatively, from its own folder only: the
+    `ortho_activations.py` it copied re-exports `dcls_zoo.layers.activations`, a package in another folder. Put
+    the package's registry in its place and the package modules the registry imports next to it (they import only
+    torch, the standard library and each other), so the folder loads without dcls_zoo.
+    """
+    target = os.path.join(folder, "ortho_activations.py")
+    registry = inspect.getsourcefile(create_activation)
+    if not os.path.isfile(target) or os.path.samefile(registry, target):
+        return  # saved without remote code, or into the folder the code runs from
+    shutil.copyfile(registry, target)
+    for source in get_relative_import_files(registry):
+        shutil.copyfile(source, os.path.join(folder, os.path.basename(source)))
+
+
+def _with_activation_degree(config: OrthoGPT2Config) -> OrthoGPT2Config:
+    """The config a model keeps: the activation degree written out (saved explicitly from then on), on a copy when
+    that changes it, so the caller's config object is never modified."""
+    degree = config.resolved_activation_degree()
+    if degree == config.activation_degree:
+        return config
+    config = copy.deepcopy(config)
+    config.activation_degree = degree
+    return config
 
 
 class OrthoGPT2Model(OrthoGPT2PreTrainedModel, GPT2Model):
     def __init__(self, config: OrthoGPT2Config):
+        config = _with_activation_degree(config)
         super().__init__(config)
-        # built with fresh, correctly initialised coefficients; `_init_weights` covers from_pretrained's meta path
-        _swap_activations(config, self)
+        if config.activation != "gelu":  # "gelu": GPT-2's own config.activation_function
+            # fresh, correctly initialised coefficients; `_init_weights` covers from_pretrained's meta path
+            for block in self.h:
+                block.mlp.act = create_activation(config.activation, config.activation_degree,
+                                                  scheme=config.activation_scheme)
 
     # as GPT2Model.forward: an old `past_key_values=` becomes `cache=` (with transformers' warning) before the check
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
@@ -142,19 +163,31 @@ class OrthoGPT2Model(OrthoGPT2PreTrainedModel, GPT2Model):
                 f"truncation=True, max_length={n_positions}")
 
 
+def _replace_gpt2_body(head: OrthoGPT2PreTrainedModel, config: OrthoGPT2Config) -> None:
+    """After a GPT-2 head's own constructor: the plain GPT2Model it built (whose `_init_weights` knows no
+    activations) becomes an OrthoGPT2Model, and what is new is initialised.
+
+    The heads run their parent's constructor so that whatever a transformers release sets up there is kept; its
+    `post_init` already ran on the plain body, and what it did there from the config (activation checkpointing,
+    consumed from `config.gradient_checkpointing`) is done again on the new one. Cost: one throwaway GPT-2 body
+    (about 1.3 s more for GPT-2 124M on one CPU thread; nothing under from_pretrained's meta-device build).
+    """
+    checkpointing = head.is_activation_checkpointing
+    head.transformer = OrthoGPT2Model(config)
+    head.post_init()
+    if checkpointing:
+        head.activation_checkpointing_enable()
+
+
 class OrthoGPT2LMHeadModel(OrthoGPT2PreTrainedModel, GPT2LMHeadModel):
     def __init__(self, config: OrthoGPT2Config):
-        # GPT2LMHeadModel.__init__ would build a plain GPT2Model, whose own _init_weights knows no activations
-        super(GPT2LMHeadModel, self).__init__(config)
-        self.transformer = OrthoGPT2Model(config)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.post_init()
+        config = _with_activation_degree(config)
+        super().__init__(config)
+        _replace_gpt2_body(self, config)
 
 
 class OrthoGPT2ForSequenceClassification(OrthoGPT2PreTrainedModel, GPT2ForSequenceClassification):
     def __init__(self, config: OrthoGPT2Config):
-        super(GPT2ForSequenceClassification, self).__init__(config)
-        self.num_labels = config.num_labels
-        self.transformer = OrthoGPT2Model(config)
-        self.score = nn.Linear(config.n_embd, self.num_labels, bias=False)
-        self.post_init()
+        config = _with_activation_degree(config)
+        super().__init__(config)
+        _replace_gpt2_body(self, config)
