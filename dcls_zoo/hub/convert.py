@@ -33,7 +33,6 @@ from .save import WEIGHTS_NAME, load_folder, save_folder
 __all__ = ["ConversionReport", "convert_checkpoint", "fixed_input"]
 
 PathLike = Union[str, Path]
-LM_MODEL_TYPE = "ortho_gpt2"
 
 
 def _load_original_lm(name: str, checkpoint: str) -> nn.Module:
@@ -52,14 +51,16 @@ def _load_original_lm(name: str, checkpoint: str) -> nn.Module:
     return model
 
 
+def _lm_model_type() -> str:
+    from dcls_zoo.lm import OrthoGPT2Config
+
+    return OrthoGPT2Config.model_type
+
+
 def _is_lm_name(name: str) -> bool:
-    if name == LM_MODEL_TYPE:
-        return True
-    try:
-        from dcls_zoo.lm import ORTHO_GPT2_PRESETS
-    except ImportError:
-        return False
-    return name in ORTHO_GPT2_PRESETS
+    from dcls_zoo.lm import ORTHO_GPT2_PRESETS
+
+    return name == _lm_model_type() or name in ORTHO_GPT2_PRESETS
 
 
 @dataclass(frozen=True)
@@ -182,7 +183,7 @@ def convert_checkpoint(
     else:
         raise ValueError(
             f"unknown model {name!r}: expected a registered timm name ('arch.tag'), a dcls_zoo.lm preset or "
-            f"{LM_MODEL_TYPE!r} (did you `import dcls_zoo`?)"
+            f"{_lm_model_type()!r} (did you `import dcls_zoo`?)"
         )
     target = Path(out_dir)
     _check_target(target, overwrite)
