@@ -123,8 +123,9 @@ _FACTS_BY_NAME = {f.name: f for f in FACTS}
 # Pretrained-cfg fields the family files do not hold yet (or hold wrongly) for a published model, laid over the
 # registered cfg until they do; tests/test_cards.py fails once an entry equals the registered value, so it is
 # removed here as soon as the family file holds it. The GradCAM checkpoints: the cfgs name the licence of timm's
-# base weights (apache-2.0, Apple's fastvit-license), not these checkpoints' (unstated, see `_UNSTATED`), and give
-# no title to the GradCAM paper (listed second); Gaussian DCLS builds on the DCLS paper, which its cfg omits.
+# base weights (apache-2.0, Apple's fastvit-license), not these checkpoints' (unstated, see `_UNSTATED`), and list
+# the GradCAM paper second, untitled, although it is the one these checkpoints come from. Gaussian DCLS builds on
+# the DCLS paper, which its cfg omits.
 _GRADCAM_CFG = dict(license="other", paper_name=_GRADCAM_PAPER, paper_ids=("arXiv:2408.03164", "arXiv:2112.03740"))
 CFG_CORRECTIONS: dict[str, dict[str, Any]] = {
     **{name: _GRADCAM_CFG for name in (
