@@ -30,7 +30,8 @@ install-test:
 demo: install
 	dcls-zoo train
 
-# README command 2: the whole test suite (timm's own model tests are fetched for the installed timm first).
+# README command 2: the whole test suite. The third-party test code it runs is fetched first, once (timm's model
+# tests and transformers' test mixins for the installed versions, the torchortho 0.1.1 wheel).
 test: install-test
 	$(PYTHON) scripts/fetch_third_party_tests.py
 	$(TEST_ENV) $(PYTHON) -m pytest $(PYTEST_ARGS)
