@@ -283,6 +283,9 @@ def test_bad_arguments_raise_clear_errors():
         create_activation("rational")
     with pytest.raises(TypeError, match="floating-point tensor"):
         TropicalActivation(3)(torch.arange(4))
+    with pytest.raises(TypeError, match=r"^fit_activation expects a learnable activation \(one of "
+                                        r"ACTIVATION_CLASSES\), got Linear$"):
+        fit_activation(nn.Linear(2, 2), nn.GELU())
 
 
 def test_fit_to_gelu_is_deterministic_and_writes_nothing(tmp_path):

@@ -33,8 +33,8 @@ class OrthoGPT2Config(GPT2Config):
         MLP activation: `"hermite"`, `"fourier"`, `"tropical"`, `"tropical_rational"` (learnable, one coefficient
         set per block) or `"gelu"` (GPT-2's own `activation_function`, for baselines).
     activation_degree (`int`, *optional*):
-        Degree of the learnable activation; if unset, the model fills in 3 (hermite), 5 (fourier, tropical) or
-        6 (tropical_rational) when it is built.
+        Degree of the learnable activation; if unset, the model fills in the activation's default degree
+        (`dcls_zoo.layers.activations.DEFAULT_DEGREES`: 3 for hermite) when it is built.
     activation_scheme (`str`, *optional*, defaults to `"default"`):
         `"default"`: torchortho 0.1.2's normalisation and variance-preserving init; `"legacy"`: 0.1.0/0.1.1's.
     """
