@@ -158,6 +158,24 @@ def test_gpt2_variant_pulled_by_hub_id_gives_identical_outputs(hub, round_trip):
         assert torch.equal(round_trip["pulled"]["logits"], round_trip["lm"](round_trip["inputs"]["tokens"]).logits)
 
 
+def test_save_pretrained_push_to_hub_uploads_the_complete_remote_code(hub, tmp_path):
+    """transformers' `save_pretrained(..., push_to_hub=True)` uploads inside the call: the activations' code that
+    makes the folder load without dcls_zoo is in the upload, byte for byte what is saved locally."""
+    from dcls_zoo.lm import OrthoGPT2LMHeadModel
+
+    model = _tiny_gpt2_variant()
+    OrthoGPT2LMHeadModel.register_for_auto_class("AutoModelForCausalLM")
+    try:
+        with _pointed_at(hub, tmp_path / "cache"):
+            model.save_pretrained(tmp_path / "local", push_to_hub=True, repo_id=f"{ORG}/remote_code_push")
+    finally:
+        OrthoGPT2LMHeadModel._auto_class = None
+    local = {p.name: p.read_bytes() for p in (tmp_path / "local").iterdir() if p.suffix == ".py"}
+    assert {"ortho_activations.py", "modules.py", "modeling_ortho_gpt2.py"} <= set(local)
+    sent = hub.files(f"{ORG}/remote_code_push")
+    assert {name: sent.get(name) for name in local} == local
+
+
 def test_pushing_to_an_existing_repo_adds_a_commit(hub, round_trip, tmp_path):
     commits = len(hub.repos[TIMM_REPO].commits)
     folder = save_folder(timm.create_model("dcls_convnext_atto", num_classes=7), tmp_path / "again")

@@ -69,6 +69,11 @@ class OrthoGPT2PreTrainedModel(GPT2PreTrainedModel):
         super().save_pretrained(save_directory, *args, **kwargs)
         _copy_activation_sources(save_directory)
 
+    def _upload_modified_files(self, working_dir, *args, **kwargs):
+        # `save_pretrained(..., push_to_hub=True)` uploads before it returns: complete the remote code first
+        _copy_activation_sources(working_dir)
+        return super()._upload_modified_files(working_dir, *args, **kwargs)
+
 
 def _copy_activation_sources(folder: str | os.PathLike) -> None:
     """Make a saved folder's remote code self-contained.
