@@ -19,7 +19,7 @@ logging.getLogger().setLevel(logging.ERROR)
 
 SR = 32000
 
-# Unique trainable parameter counts of the original models (reference document, measured on the authors' code).
+# Unique trainable parameter counts of the original models, measured on the authors' code.
 ORIGINAL_PARAM_COUNTS = {
     "convnext_audioset_tiny": 28_222_767,
     "convnext_audio_tiny": 28_223_855,

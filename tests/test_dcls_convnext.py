@@ -74,7 +74,7 @@ def test_original_checkpoint_loads_through_pretrained_and_matches_reference(name
     reference = _reference_model(entry, version, dks, count)
     original = _to_original_layout(reference.state_dict())
     n_keys = 218 if version == "gauss" else 200
-    assert len(original) == n_keys  # the released layout (reference document §3.4)
+    assert len(original) == n_keys  # as many keys as the released checkpoints hold
     path = tmp_path / "convnext_dcls_1k_224_ema.pth"
     # As the authors' training script saves it: the weights under 'model', plus an argparse.Namespace.
     torch.save({"model": original, "epoch": 299, "args": argparse.Namespace(lr=4e-3, model=name)}, path)

@@ -105,7 +105,7 @@ def test_apple_checkpoint_loads_and_matches_reference(name, tmp_path):
     reference = _reference_model(name)
     apple_sd = {_to_apple_layout(k): v.clone() for k, v in reference.state_dict().items()}
     if MODELS[name][4] is not None:
-        assert len(apple_sd) == MODELS[name][4]   # key count of the Apple layout (reference document)
+        assert len(apple_sd) == MODELS[name][4]   # key count of the released Apple-layout checkpoints
     assert {"network.6.pe.P", "network.7.0.convffn.conv.conv.P", "network.5.proj.0.lkb_origin.conv.weight"} <= set(
         apple_sd)
     assert set(timm_fastvit.checkpoint_filter_fn(apple_sd, reference)) == set(reference.state_dict())

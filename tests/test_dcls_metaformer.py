@@ -88,7 +88,7 @@ def test_sailsg_checkpoint_loads_and_matches_reference(name, tmp_path):
     reference = _reference_model(name)
     sail_sd = {_to_sailsg_layout(k): v.clone() for k, v in reference.state_dict().items()}
     if MODELS[name][5] is not None:
-        assert len(sail_sd) == MODELS[name][5]   # key count of the sail-sg layout (reference document)
+        assert len(sail_sd) == MODELS[name][5]   # key count of the released sail-sg-layout checkpoints
     assert "stages.0.0.token_mixer.dwconv.P" in sail_sd and "downsample_layers.0.post_norm.weight" in sail_sd
     # timm's own filter must map the inverted layout back to the reference keys exactly
     assert set(timm_metaformer.checkpoint_filter_fn(sail_sd, reference)) == set(reference.state_dict())

@@ -1,12 +1,43 @@
-"""timm's ConvNeXt as the image ConvNeXt families build on it (not a family itself): input checked first."""
+"""timm's ConvNeXt as the ConvNeXt families here build on it (not a family itself): the input checked first, timm's
+sizes, and the ImageNet-1k cfg and feature layout of timm's ConvNeXts."""
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import convnext as timm_convnext
 
 from ..layers.input_checks import ImageInputMixin
 
-__all__ = ["CheckedConvNeXt"]
+__all__ = ["CONVNEXT_FEATURE_CFG", "CONVNEXT_SIZES", "CheckedConvNeXt", "convnext_imagenet_cfg"]
+
+# timm's ConvNeXt sizes (the arguments of its `convnext_<size>` entrypoints).
+CONVNEXT_SIZES: dict[str, dict[str, Any]] = {
+    "atto": dict(depths=(2, 2, 6, 2), dims=(40, 80, 160, 320), conv_mlp=True),
+    "femto": dict(depths=(2, 2, 6, 2), dims=(48, 96, 192, 384), conv_mlp=True),
+    "pico": dict(depths=(2, 2, 6, 2), dims=(64, 128, 256, 512), conv_mlp=True),
+    "nano": dict(depths=(2, 2, 8, 2), dims=(80, 160, 320, 640), conv_mlp=True),
+    "tiny": dict(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768)),
+    "small": dict(depths=(3, 3, 27, 3), dims=(96, 192, 384, 768)),
+    "base": dict(depths=(3, 3, 27, 3), dims=(128, 256, 512, 1024)),
+}
+
+# timm's ConvNeXt `feature_cfg` (features_only=True: the four stages).
+CONVNEXT_FEATURE_CFG = dict(out_indices=(0, 1, 2, 3), flatten_sequential=True)
+
+
+def convnext_imagenet_cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:
+    """A pretrained cfg with timm's ConvNeXt ImageNet-1k settings (224 px, crop 0.875, bicubic, ImageNet mean/std,
+    `stem.0` / `head.fc`); `kwargs` add the family's fields (license, paper, notes, ...) or override these."""
+    return {
+        "url": url,
+        "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7),
+        "crop_pct": 0.875, "interpolation": "bicubic",
+        "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
+        "first_conv": "stem.0", "classifier": "head.fc",
+        **kwargs,
+    }
 
 
 class CheckedConvNeXt(ImageInputMixin, timm_convnext.ConvNeXt):

@@ -42,6 +42,7 @@ from ..layers.audio import (
 )
 from ..layers.input_checks import DownsamplingChainMixin, check_input_dtype, input_checks_enabled
 from ._builder import build_zoo_model, zoo_checkpoint_filter
+from ._convnext import CONVNEXT_SIZES
 
 __all__ = ["AudioSetConvNeXt", "checkpoint_filter_fn"]
 
@@ -239,5 +240,5 @@ default_cfgs = generate_default_cfgs({
 
 @register_model
 def convnext_audioset_tiny(pretrained: bool = False, **kwargs: Any) -> AudioSetConvNeXt:
-    model_args = dict(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768))
+    model_args = dict(CONVNEXT_SIZES["tiny"])
     return _create_audio_convnext("convnext_audioset_tiny", pretrained=pretrained, **dict(model_args, **kwargs))

@@ -48,6 +48,7 @@ from ..layers.audio import DCLS_AUDIO_FRONTEND, LogMelFrontend, check_waveform
 from ..layers.input_checks import DownsamplingChainMixin, check_input_dtype, input_checks_enabled, input_owner
 from ..layers.rep_pos_enc import DclsRepConditionalPosEnc
 from ._builder import build_zoo_model, with_every_shared_copy, zoo_checkpoint_filter
+from ._convnext import CONVNEXT_SIZES
 from ._metaformer import SailHeadMetaFormer
 
 __all__ = ["ConvNeXtAudio", "MetaFormerAudio", "FastVitAudio", "AUDIO_STEM_KERNEL"]
@@ -361,13 +362,13 @@ default_cfgs = generate_default_cfgs({
 
 @register_model
 def convnext_audio_tiny(pretrained: bool = False, **kwargs: Any) -> ConvNeXtAudio:
-    model_args = dict(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768))
+    model_args = dict(CONVNEXT_SIZES["tiny"])
     return _create(ConvNeXtAudio, "convnext_audio_tiny", pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def dcls_convnext_audio_tiny(pretrained: bool = False, **kwargs: Any) -> ConvNeXtAudio:
-    model_args = dict(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768), **DCLS_AUDIO)
+    model_args = dict(CONVNEXT_SIZES["tiny"], **DCLS_AUDIO)
     return _create(ConvNeXtAudio, "dcls_convnext_audio_tiny", pretrained, **dict(model_args, **kwargs))
 
 

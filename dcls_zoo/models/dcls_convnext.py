@@ -15,13 +15,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import convnext as timm_convnext
 from timm.models import generate_default_cfgs, register_model
 
 from ..layers import DclsModelMixin, dclsify
 from ._builder import build_zoo_model, zoo_checkpoint_filter
-from ._convnext import CheckedConvNeXt
+from ._convnext import CONVNEXT_FEATURE_CFG, CONVNEXT_SIZES, CheckedConvNeXt, convnext_imagenet_cfg
 
 __all__ = ["DclsConvNeXt"]
 
@@ -74,22 +73,17 @@ def _create_dcls_convnext(variant: str, pretrained: bool = False, **kwargs: Any)
     return build_zoo_model(
         DclsConvNeXt, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=(0, 1, 2, 3), flatten_sequential=True),
+        feature_cfg=CONVNEXT_FEATURE_CFG,
         **kwargs,
     )
 
 
 def _cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:
-    return {
-        "url": url,
-        "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7),
-        "crop_pct": 0.875, "interpolation": "bicubic",
-        "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "stem.0", "classifier": "head.fc",
+    return convnext_imagenet_cfg(url, **{
         "license": "mit", "origin_url": "https://github.com/K-H-Ismail/ConvNeXt-dcls",
         "paper_ids": "arXiv:2112.03740", "paper_name": "Dilated convolution with learnable spacings",
         **kwargs,
-    }
+    })
 
 
 _ZENODO_BILINEAR = "https://zenodo.org/record/7112021/files/"
@@ -121,52 +115,47 @@ _BILINEAR_17 = dict(dcls_version="v0", dcls_dilated_kernel_size=17)  # the ICLR 
 
 @register_model
 def dcls_convnext_atto(pretrained: bool = False, **kwargs: Any) -> DclsConvNeXt:
-    model_args = dict(depths=(2, 2, 6, 2), dims=(40, 80, 160, 320), conv_mlp=True,
-                      dcls_kernel_count=34, **_BILINEAR_17)
+    model_args = dict(CONVNEXT_SIZES["atto"], dcls_kernel_count=34, **_BILINEAR_17)
     return _create_dcls_convnext("dcls_convnext_atto", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def dcls_convnext_femto(pretrained: bool = False, **kwargs: Any) -> DclsConvNeXt:
-    model_args = dict(depths=(2, 2, 6, 2), dims=(48, 96, 192, 384), conv_mlp=True,
-                      dcls_kernel_count=34, **_BILINEAR_17)
+    model_args = dict(CONVNEXT_SIZES["femto"], dcls_kernel_count=34, **_BILINEAR_17)
     return _create_dcls_convnext("dcls_convnext_femto", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def dcls_convnext_pico(pretrained: bool = False, **kwargs: Any) -> DclsConvNeXt:
-    model_args = dict(depths=(2, 2, 6, 2), dims=(64, 128, 256, 512), conv_mlp=True,
-                      dcls_kernel_count=34, **_BILINEAR_17)
+    model_args = dict(CONVNEXT_SIZES["pico"], dcls_kernel_count=34, **_BILINEAR_17)
     return _create_dcls_convnext("dcls_convnext_pico", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def dcls_convnext_nano(pretrained: bool = False, **kwargs: Any) -> DclsConvNeXt:
-    model_args = dict(depths=(2, 2, 8, 2), dims=(80, 160, 320, 640), conv_mlp=True,
-                      dcls_kernel_count=34, **_BILINEAR_17)
+    model_args = dict(CONVNEXT_SIZES["nano"], dcls_kernel_count=34, **_BILINEAR_17)
     return _create_dcls_convnext("dcls_convnext_nano", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def dcls_convnext_tiny(pretrained: bool = False, **kwargs: Any) -> DclsConvNeXt:
-    model_args = dict(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768), dcls_kernel_count=34, **_BILINEAR_17)
+    model_args = dict(CONVNEXT_SIZES["tiny"], dcls_kernel_count=34, **_BILINEAR_17)
     return _create_dcls_convnext("dcls_convnext_tiny", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def dcls_convnext_small(pretrained: bool = False, **kwargs: Any) -> DclsConvNeXt:
-    model_args = dict(depths=(3, 3, 27, 3), dims=(96, 192, 384, 768), dcls_kernel_count=40, **_BILINEAR_17)
+    model_args = dict(CONVNEXT_SIZES["small"], dcls_kernel_count=40, **_BILINEAR_17)
     return _create_dcls_convnext("dcls_convnext_small", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def dcls_convnext_base(pretrained: bool = False, **kwargs: Any) -> DclsConvNeXt:
-    model_args = dict(depths=(3, 3, 27, 3), dims=(128, 256, 512, 1024), dcls_kernel_count=40, **_BILINEAR_17)
+    model_args = dict(CONVNEXT_SIZES["base"], dcls_kernel_count=40, **_BILINEAR_17)
     return _create_dcls_convnext("dcls_convnext_base", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def dcls_gauss_convnext_tiny(pretrained: bool = False, **kwargs: Any) -> DclsConvNeXt:
-    model_args = dict(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768), dcls_version="gauss",
-                      dcls_dilated_kernel_size=23, dcls_kernel_count=26)
+    model_args = dict(CONVNEXT_SIZES["tiny"], dcls_version="gauss", dcls_dilated_kernel_size=23, dcls_kernel_count=26)
     return _create_dcls_convnext("dcls_gauss_convnext_tiny", pretrained=pretrained, **dict(model_args, **kwargs))

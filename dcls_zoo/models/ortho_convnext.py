@@ -15,14 +15,13 @@ import re
 from functools import partial
 from typing import Any
 
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import register_notrace_module
 from timm.models import convnext as timm_convnext
 from timm.models import generate_default_cfgs, register_model
 
 from ..layers.activations import ACTIVATION_CLASSES, DEFAULT_DEGREES, activation_parameter_names
 from ._builder import build_zoo_model, zoo_checkpoint_filter
-from ._convnext import CheckedConvNeXt
+from ._convnext import CONVNEXT_FEATURE_CFG, CONVNEXT_SIZES, CheckedConvNeXt, convnext_imagenet_cfg
 
 __all__ = ["OrthoConvNeXt"]
 
@@ -95,22 +94,17 @@ def _create_ortho_convnext(variant: str, pretrained: bool = False, **kwargs: Any
     return build_zoo_model(
         OrthoConvNeXt, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=(0, 1, 2, 3), flatten_sequential=True),
+        feature_cfg=CONVNEXT_FEATURE_CFG,
         **kwargs,
     )
 
 
 def _cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:
-    return {
-        "url": url,
-        "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7),
-        "crop_pct": 0.875, "interpolation": "bicubic",
-        "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "stem.0", "classifier": "head.fc",
+    return convnext_imagenet_cfg(url, **{
         "license": "mit", "origin_url": "https://github.com/K-H-Ismail/ConvNeXt-ortho",
         "paper_ids": "arXiv:2502.01247", "paper_name": "Polynomial, trigonometric, and tropical activations",
         **kwargs,
-    }
+    })
 
 
 # No released weights: one untagged cfg per architecture (ImageNet-1k recipe of the original ConvNeXt).
@@ -120,60 +114,57 @@ default_cfgs = generate_default_cfgs({
     for size in ("tiny", "small", "base")
 })
 
-_TINY = dict(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768))
-_SMALL = dict(depths=(3, 3, 27, 3), dims=(96, 192, 384, 768))
-_BASE = dict(depths=(3, 3, 27, 3), dims=(128, 256, 512, 1024))
 
 
 @register_model
 def hermite_convnext_tiny(pretrained: bool = False, **kwargs: Any) -> OrthoConvNeXt:
-    model_args = dict(activation="hermite", activation_degree=3, **_TINY)
+    model_args = dict(CONVNEXT_SIZES["tiny"], activation="hermite", activation_degree=3)
     return _create_ortho_convnext("hermite_convnext_tiny", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def hermite_convnext_small(pretrained: bool = False, **kwargs: Any) -> OrthoConvNeXt:
-    model_args = dict(activation="hermite", activation_degree=3, **_SMALL)
+    model_args = dict(CONVNEXT_SIZES["small"], activation="hermite", activation_degree=3)
     return _create_ortho_convnext("hermite_convnext_small", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def hermite_convnext_base(pretrained: bool = False, **kwargs: Any) -> OrthoConvNeXt:
-    model_args = dict(activation="hermite", activation_degree=3, **_BASE)
+    model_args = dict(CONVNEXT_SIZES["base"], activation="hermite", activation_degree=3)
     return _create_ortho_convnext("hermite_convnext_base", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def fourier_convnext_tiny(pretrained: bool = False, **kwargs: Any) -> OrthoConvNeXt:
-    model_args = dict(activation="fourier", activation_degree=5, **_TINY)
+    model_args = dict(CONVNEXT_SIZES["tiny"], activation="fourier", activation_degree=5)
     return _create_ortho_convnext("fourier_convnext_tiny", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def fourier_convnext_small(pretrained: bool = False, **kwargs: Any) -> OrthoConvNeXt:
-    model_args = dict(activation="fourier", activation_degree=5, **_SMALL)
+    model_args = dict(CONVNEXT_SIZES["small"], activation="fourier", activation_degree=5)
     return _create_ortho_convnext("fourier_convnext_small", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def fourier_convnext_base(pretrained: bool = False, **kwargs: Any) -> OrthoConvNeXt:
-    model_args = dict(activation="fourier", activation_degree=5, **_BASE)
+    model_args = dict(CONVNEXT_SIZES["base"], activation="fourier", activation_degree=5)
     return _create_ortho_convnext("fourier_convnext_base", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def tropical_convnext_tiny(pretrained: bool = False, **kwargs: Any) -> OrthoConvNeXt:
-    model_args = dict(activation="tropical", activation_degree=5, **_TINY)
+    model_args = dict(CONVNEXT_SIZES["tiny"], activation="tropical", activation_degree=5)
     return _create_ortho_convnext("tropical_convnext_tiny", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def tropical_convnext_small(pretrained: bool = False, **kwargs: Any) -> OrthoConvNeXt:
-    model_args = dict(activation="tropical", activation_degree=5, **_SMALL)
+    model_args = dict(CONVNEXT_SIZES["small"], activation="tropical", activation_degree=5)
     return _create_ortho_convnext("tropical_convnext_small", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def tropical_convnext_base(pretrained: bool = False, **kwargs: Any) -> OrthoConvNeXt:
-    model_args = dict(activation="tropical", activation_degree=5, **_BASE)
+    model_args = dict(CONVNEXT_SIZES["base"], activation="tropical", activation_degree=5)
     return _create_ortho_convnext("tropical_convnext_base", pretrained=pretrained, **dict(model_args, **kwargs))
