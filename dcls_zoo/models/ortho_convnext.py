@@ -107,7 +107,9 @@ def _cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:
     })
 
 
-# No released weights: one untagged cfg per architecture (ImageNet-1k recipe of the original ConvNeXt).
+# The paper's models: each activation at its paper degree (`DEFAULT_DEGREES`, the `activation_degree` default) in
+# timm's ConvNeXt-T / S / B. No released weights: one untagged cfg per architecture (ImageNet-1k recipe of the
+# original ConvNeXt).
 default_cfgs = generate_default_cfgs({
     f"{activation}_convnext_{size}": _cfg()
     for activation in ("hermite", "fourier", "tropical")
@@ -115,56 +117,55 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-
 @register_model
 def hermite_convnext_tiny(pretrained: bool = False, **kwargs: Any) -> OrthoConvNeXt:
-    model_args = dict(CONVNEXT_SIZES["tiny"], activation="hermite", activation_degree=3)
+    model_args = dict(CONVNEXT_SIZES["tiny"], activation="hermite")
     return _create_ortho_convnext("hermite_convnext_tiny", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def hermite_convnext_small(pretrained: bool = False, **kwargs: Any) -> OrthoConvNeXt:
-    model_args = dict(CONVNEXT_SIZES["small"], activation="hermite", activation_degree=3)
+    model_args = dict(CONVNEXT_SIZES["small"], activation="hermite")
     return _create_ortho_convnext("hermite_convnext_small", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def hermite_convnext_base(pretrained: bool = False, **kwargs: Any) -> OrthoConvNeXt:
-    model_args = dict(CONVNEXT_SIZES["base"], activation="hermite", activation_degree=3)
+    model_args = dict(CONVNEXT_SIZES["base"], activation="hermite")
     return _create_ortho_convnext("hermite_convnext_base", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def fourier_convnext_tiny(pretrained: bool = False, **kwargs: Any) -> OrthoConvNeXt:
-    model_args = dict(CONVNEXT_SIZES["tiny"], activation="fourier", activation_degree=5)
+    model_args = dict(CONVNEXT_SIZES["tiny"], activation="fourier")
     return _create_ortho_convnext("fourier_convnext_tiny", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def fourier_convnext_small(pretrained: bool = False, **kwargs: Any) -> OrthoConvNeXt:
-    model_args = dict(CONVNEXT_SIZES["small"], activation="fourier", activation_degree=5)
+    model_args = dict(CONVNEXT_SIZES["small"], activation="fourier")
     return _create_ortho_convnext("fourier_convnext_small", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def fourier_convnext_base(pretrained: bool = False, **kwargs: Any) -> OrthoConvNeXt:
-    model_args = dict(CONVNEXT_SIZES["base"], activation="fourier", activation_degree=5)
+    model_args = dict(CONVNEXT_SIZES["base"], activation="fourier")
     return _create_ortho_convnext("fourier_convnext_base", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def tropical_convnext_tiny(pretrained: bool = False, **kwargs: Any) -> OrthoConvNeXt:
-    model_args = dict(CONVNEXT_SIZES["tiny"], activation="tropical", activation_degree=5)
+    model_args = dict(CONVNEXT_SIZES["tiny"], activation="tropical")
     return _create_ortho_convnext("tropical_convnext_tiny", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def tropical_convnext_small(pretrained: bool = False, **kwargs: Any) -> OrthoConvNeXt:
-    model_args = dict(CONVNEXT_SIZES["small"], activation="tropical", activation_degree=5)
+    model_args = dict(CONVNEXT_SIZES["small"], activation="tropical")
     return _create_ortho_convnext("tropical_convnext_small", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def tropical_convnext_base(pretrained: bool = False, **kwargs: Any) -> OrthoConvNeXt:
-    model_args = dict(CONVNEXT_SIZES["base"], activation="tropical", activation_degree=5)
+    model_args = dict(CONVNEXT_SIZES["base"], activation="tropical")
     return _create_ortho_convnext("tropical_convnext_base", pretrained=pretrained, **dict(model_args, **kwargs))
