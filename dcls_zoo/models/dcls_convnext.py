@@ -21,6 +21,7 @@ from timm.models import generate_default_cfgs, register_model
 from ..layers import DclsModelMixin, dclsify
 from ._builder import build_zoo_model, zoo_checkpoint_filter
 from ._convnext import CONVNEXT_FEATURE_CFG, CONVNEXT_SIZES, CheckedConvNeXt, convnext_imagenet_cfg
+from ._sources import DCLS_GAUSS_SOURCE
 
 __all__ = ["DclsConvNeXt"]
 
@@ -98,10 +99,7 @@ default_cfgs = generate_default_cfgs({
         url=_ZENODO_BILINEAR + "convnext_dcls_base_1k_224_ema.pth",
         notes=("ImageNet-1k top-1 84.1 (original paper)", "container key: model")),
     "dcls_gauss_convnext_tiny.gauss_in1k": _cfg(
-        url="https://zenodo.org/record/8029747/files/convnext_dcls_gauss_tiny_1k_224_ema.pth",
-        paper_ids="arXiv:2306.00817",
-        paper_name="Dilated Convolution with Learnable Spacings: beyond bilinear interpolation",
-        origin_url="https://github.com/K-H-Ismail/Dilated-Convolution-with-Learnable-Spacings-PyTorch",
+        url="https://zenodo.org/record/8029747/files/convnext_dcls_gauss_tiny_1k_224_ema.pth", **DCLS_GAUSS_SOURCE,
         notes=("container key: model",)),
     # Small sizes (timm's ConvNeXt widths) for fine-tuning and tests: no released weights.
     "dcls_convnext_atto": _cfg(),

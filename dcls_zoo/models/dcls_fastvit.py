@@ -28,6 +28,7 @@ from ..layers import DclsModelMixin, dclsify
 from ..layers.input_checks import ImageInputMixin
 from ..layers.rep_pos_enc import DclsRepConditionalPosEnc
 from ._builder import build_zoo_model, zoo_checkpoint_filter
+from ._sources import GRADCAM_STUDY_SOURCE
 
 __all__ = ["DclsFastVit", "DclsRepConditionalPosEnc", "checkpoint_filter_fn"]
 
@@ -113,8 +114,7 @@ def _cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:
         "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
         "first_conv": ("stem.0.conv_kxk.0.conv", "stem.0.conv_scale.conv"), "classifier": "head.fc",
         "license": "fastvit-license",
-        "paper_ids": ("arXiv:2112.03740", "arXiv:2408.03164"),
-        "origin_url": "https://github.com/rabihchamas/DCLS-GradCAM-Eval",
+        **GRADCAM_STUDY_SOURCE,
         **kwargs,
     }
 

@@ -26,6 +26,7 @@ from ..layers import DclsModelMixin, dclsify
 from ..layers.input_checks import ImageInputMixin
 from ._builder import build_zoo_model, with_every_shared_copy, zoo_checkpoint_filter
 from ._metaformer import SailHeadMetaFormer
+from ._sources import DCLS_GAUSS_SOURCE, GRADCAM_STUDY_SOURCE
 
 __all__ = ["DclsMetaFormer", "checkpoint_filter_fn"]
 
@@ -104,8 +105,7 @@ def _cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:
         "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
         "first_conv": "stem.conv", "classifier": "head.fc.fc2",
         "license": "apache-2.0",
-        "paper_ids": ("arXiv:2112.03740", "arXiv:2408.03164"),
-        "origin_url": "https://github.com/rabihchamas/DCLS-GradCAM-Eval",
+        **GRADCAM_STUDY_SOURCE,
         **kwargs,
     }
 
@@ -124,9 +124,7 @@ default_cfgs = generate_default_cfgs({
     # Gaussian DCLS (arXiv 2306.00817): the paper reports ConvFormer-S18 with Gaussian interpolation, but no
     # checkpoint is published (DCLS-Audio's `convformer_dcls_gauss_s18` cfg has an empty URL).
     "dcls_gauss_convformer_s18": _cfg(
-        license="mit", paper_ids="arXiv:2306.00817",
-        paper_name="Dilated Convolution with Learnable Spacings: beyond bilinear interpolation",
-        origin_url="https://github.com/K-H-Ismail/Dilated-Convolution-with-Learnable-Spacings-PyTorch",
+        **DCLS_GAUSS_SOURCE,
         notes=("no published weights: train it, or start from dcls_convformer_s18.bilinear_in1k",
                "DCLS gauss, 23x23 grid, 26 elements"),
     ),

@@ -22,6 +22,7 @@ from timm.models.resnet import Bottleneck, ResNet
 from ..layers import DclsModelMixin, dclsify
 from ..layers.input_checks import ImageInputMixin, chain_layers
 from ._builder import build_zoo_model, zoo_checkpoint_filter
+from ._sources import GRADCAM_STUDY_SOURCE
 
 __all__ = ["DclsResNet", "checkpoint_filter_fn"]
 
@@ -101,8 +102,7 @@ def _cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:
         "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
         "first_conv": "conv1", "classifier": "fc",
         "license": "apache-2.0",
-        "paper_ids": ("arXiv:2112.03740", "arXiv:2408.03164"),
-        "origin_url": "https://github.com/rabihchamas/DCLS-GradCAM-Eval",
+        **GRADCAM_STUDY_SOURCE,
         **kwargs,
     }
 
