@@ -481,6 +481,14 @@ def test_dcls_audio_timm_contract(name):
     assert all(n.endswith((".P", ".SIG")) for n in positions) and bool(positions) == name.startswith("dcls_")
     with pytest.raises(TypeError):
         timm.create_model(name, not_an_argument=1)
+    if "convnext" in name:   # the audio stem is fixed: timm's image-stem arguments are refused, not ignored
+        with pytest.raises(TypeError, match=r"takes no patch_size, stem_type: its \(2, 16\) audio stem is fixed"):
+            timm.create_model(name, stem_type="overlap", patch_size=8)
+
+
+def test_audioset_convnext_refuses_image_stem_arguments():
+    with pytest.raises(TypeError, match="AudioSetConvNeXt takes no output_stride: its time-padded stem is fixed"):
+        timm.create_model("convnext_audioset_tiny", output_stride=16, device="meta")
 
 
 # ---------------------------------------------------------------------------------------------------------------

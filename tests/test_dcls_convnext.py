@@ -151,6 +151,8 @@ def test_timm_contract_basics():
     assert model.get_classifier().weight.dtype == torch.float64 and model.num_classes == 4
     with pytest.raises(TypeError):
         timm.create_model("dcls_convnext_atto", not_an_argument=1)
+    with pytest.raises(TypeError, match="takes no kernel_sizes"):
+        timm.create_model("dcls_convnext_atto", kernel_sizes=5)
     features = timm.create_model("dcls_convnext_atto", features_only=True, out_indices=(1, 3))
     shapes = [f.shape for f in features(torch.randn(1, 3, 64, 64))]
     assert shapes == [(1, 80, 8, 8), (1, 320, 2, 2)]

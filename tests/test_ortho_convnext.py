@@ -9,7 +9,7 @@ import timm.optim
 import torch
 
 from dcls_zoo.layers.activations import FourierActivation, HermiteActivation, TropicalActivation
-from dcls_zoo.models.ortho_convnext import OrthoConvNeXt
+from dcls_zoo.models.ortho_convnext import OrthoConvNeXt, checkpoint_filter_fn
 
 torchortho = importlib.import_module("torchortho")
 
@@ -138,5 +138,18 @@ def test_training_step_bf16_and_output_dtype():
 def test_bad_activation_name():
     with pytest.raises(ValueError, match="activation must be one of"):
         OrthoConvNeXt(activation="rational", **TINY)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="takes no act_layer"):
         timm.create_model("hermite_convnext_tiny", act_layer="gelu")
+    with pytest.raises(TypeError):
+        timm.create_model("hermite_convnext_tiny", not_an_argument=1)
+
+
+def test_filter_unwraps_a_training_container_as_timms_file_loader_does():
+    # A state dict handed over directly (pretrained_cfg_overlay=dict(state_dict=...)): EMA weights first, DDP's
+    # `module.` prefixes dropped.
+    model = OrthoConvNeXt(num_classes=3, **TINY)
+    weights = model.state_dict()
+    ema = {k: v + 1 if v.is_floating_point() else v for k, v in weights.items()}
+    out = checkpoint_filter_fn({"model": weights, "model_ema": ema, "epoch": 3}, model)
+    assert set(out) == set(weights) and torch.equal(out["head.fc.weight"], ema["head.fc.weight"])
+    assert set(checkpoint_filter_fn({f"module.{k}": v for k, v in weights.items()}, model)) == set(weights)
