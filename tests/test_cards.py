@@ -1,4 +1,5 @@
 """Model cards: the committed hub_cards/ equal a fresh generation, and every card's metadata is what the Hub expects."""
+import dataclasses
 import re
 from dataclasses import asdict
 from pathlib import Path
@@ -9,7 +10,6 @@ from huggingface_hub import ModelCard, ModelCardData
 from timm.models import get_pretrained_cfg
 
 from dcls_zoo.hub.cards import (
-    CFG_CORRECTIONS,
     FACTS,
     CardFacts,
     ModelFacts,
@@ -84,9 +84,9 @@ def test_card_text_has_the_facts_and_usage(name):
 
 @pytest.mark.parametrize("name", PUBLISHED)
 def test_card_facts_come_from_the_registered_pretrained_cfg(name):
-    # One home per fact: checkpoint, code, papers and licence are read from the family's cfg (with the listed
-    # corrections laid over it), never typed again in the cards table.
-    cfg = asdict(get_pretrained_cfg(name)) | CFG_CORRECTIONS.get(name, {})
+    # One home per fact: checkpoint, code, papers and licence are read from the family's cfg, never typed again in
+    # the cards table.
+    cfg = asdict(get_pretrained_cfg(name))
     facts = FACTS_BY_NAME[name]
     assert facts.checkpoint_url == cfg["url"] and facts.original_repo == cfg["origin_url"]
     assert facts.license == cfg["license"] and facts.paper == cfg["paper_name"]
@@ -102,14 +102,6 @@ def test_the_cards_table_holds_no_field_a_pretrained_cfg_holds():
     assert set(ModelFacts.__dataclass_fields__) > set(CardFacts.__dataclass_fields__)
 
 
-@pytest.mark.parametrize("name", sorted(CFG_CORRECTIONS))
-def test_every_cfg_correction_is_still_needed(name):
-    # Once a family file holds the value, the correction here is a second copy of it: remove it.
-    registered = asdict(get_pretrained_cfg(name))
-    for key, value in CFG_CORRECTIONS[name].items():
-        assert registered[key] != value, f"{name}: the cfg now holds {key}={value!r}; drop it from CFG_CORRECTIONS"
-
-
 @pytest.mark.parametrize("name", [f.name for f in FACTS if f.metric_value is not None])
 def test_a_reported_metric_agrees_with_the_cfg_notes(name):
     # the family cfg's free-text notes repeat the authors' number; the two must not drift apart
@@ -120,9 +112,10 @@ def test_a_reported_metric_agrees_with_the_cfg_notes(name):
 
 
 def test_a_published_cfg_without_a_card_field_is_an_error(monkeypatch):
-    from dcls_zoo.hub import cards
+    from timm.models import get_pretrained_cfg as registered_cfg
 
-    monkeypatch.setitem(cards.CFG_CORRECTIONS, PUBLISHED[0], {"origin_url": None})
+    without = dataclasses.replace(registered_cfg(PUBLISHED[0]), origin_url=None)
+    monkeypatch.setattr("timm.models.get_pretrained_cfg", lambda name, **kw: without)
     with pytest.raises(ValueError, match=rf"the pretrained cfg of {re.escape(PUBLISHED[0])} has no origin_url"):
         model_facts(PUBLISHED[0])
 

@@ -188,7 +188,7 @@ def test_gauss_convformer_matches_the_original_recipe_and_has_no_published_weigh
 
     cfg = model.pretrained_cfg
     assert not cfg.get("url") and not cfg.get("hf_hub_id") and not timm.list_pretrained("dcls_gauss_convformer*")
-    assert cfg["paper_ids"] == "arXiv:2306.00817" and cfg["license"] == "mit"
+    assert cfg["paper_ids"] == ("arXiv:2306.00817", "arXiv:2112.03740") and cfg["license"] == "mit"
     assert any(note.startswith("no published weights") for note in cfg["notes"])
     with pytest.raises(RuntimeError, match="No pretrained weights exist for dcls_gauss_convformer_s18"):
         timm.create_model("dcls_gauss_convformer_s18", pretrained=True)

@@ -86,8 +86,6 @@ _UNSTATED = dict(
     license_note="the original repository's README says MIT but the repository holds no LICENSE file, and the "
                  "Zenodo record's terms were not checked here; read the record before redistributing",
 )
-_GRADCAM_PAPER = ("Dilated Convolution with Learnable Spacings makes visual models more aligned with humans: "
-                  "a Grad-CAM study")
 
 FACTS: tuple[CardFacts, ...] = (
     *(CardFacts(name=f"dcls_convnext_{size}.bilinear_in1k", title=f"ConvNeXt-{letter}-dcls with bilinear DCLS",
@@ -120,19 +118,6 @@ FACTS: tuple[CardFacts, ...] = (
 
 _FACTS_BY_NAME = {f.name: f for f in FACTS}
 
-# Pretrained-cfg fields the family files do not hold yet (or hold wrongly) for a published model, laid over the
-# registered cfg until they do; tests/test_cards.py fails once an entry equals the registered value, so it is
-# removed here as soon as the family file holds it. The GradCAM checkpoints: the cfgs name the licence of timm's
-# base weights (apache-2.0, Apple's fastvit-license), not these checkpoints' (unstated, see `_UNSTATED`), and list
-# the GradCAM paper second, untitled, although it is the one these checkpoints come from. Gaussian DCLS builds on
-# the DCLS paper, which its cfg omits.
-_GRADCAM_CFG = dict(license="other", paper_name=_GRADCAM_PAPER, paper_ids=("arXiv:2408.03164", "arXiv:2112.03740"))
-CFG_CORRECTIONS: dict[str, dict[str, Any]] = {
-    **{name: _GRADCAM_CFG for name in (
-        "dcls_convformer_s18.bilinear_in1k", "dcls_caformer_s18.bilinear_in1k", "dcls_fastvit_sa24.bilinear_in1k",
-        "dcls_fastvit_sa36.bilinear_in1k", "dcls_resnet50.bilinear_in1k")},
-    "dcls_gauss_convnext_tiny.gauss_in1k": dict(paper_ids=("arXiv:2306.00817", "arXiv:2112.03740")),
-}
 _CARD_CFG_FIELDS = ("url", "license", "origin_url", "paper_ids", "paper_name")
 
 
@@ -157,7 +142,7 @@ def model_facts(name: str) -> ModelFacts:
     registered = get_pretrained_cfg(name, allow_unregistered=False)
     if registered is None:
         raise ValueError(f"{name} has a facts row but no registered pretrained cfg (import its family module)")
-    cfg = {**{k: getattr(registered, k) for k in _CARD_CFG_FIELDS}, **CFG_CORRECTIONS.get(name, {})}
+    cfg = {k: getattr(registered, k) for k in _CARD_CFG_FIELDS}
     missing = [k for k in _CARD_CFG_FIELDS if not cfg[k]]
     if missing:
         raise ValueError(f"the pretrained cfg of {name} has no {', '.join(missing)}; a published card needs them")

@@ -113,7 +113,6 @@ def _cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:
         "crop_pct": 0.9, "interpolation": "bicubic",
         "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
         "first_conv": ("stem.0.conv_kxk.0.conv", "stem.0.conv_scale.conv"), "classifier": "head.fc",
-        "license": "fastvit-license",
         **GRADCAM_STUDY_SOURCE,
         **kwargs,
     }

@@ -104,7 +104,6 @@ def _cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:
         "crop_pct": 1.0, "interpolation": "bicubic",
         "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
         "first_conv": "stem.conv", "classifier": "head.fc.fc2",
-        "license": "apache-2.0",
         **GRADCAM_STUDY_SOURCE,
         **kwargs,
     }

@@ -101,7 +101,6 @@ def _cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:
         "crop_pct": 0.95, "interpolation": "bicubic",   # timm's resnet50 eval settings, used by the authors
         "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
         "first_conv": "conv1", "classifier": "fc",
-        "license": "apache-2.0",
         **GRADCAM_STUDY_SOURCE,
         **kwargs,
     }
