@@ -267,7 +267,7 @@ model = AutoModelForSequenceClassification.from_pretrained("{repo_id}", num_labe
 ```
 '''
     if task == "audio-classification":
-        from dcls_zoo.models.dcls_audio import SAMPLE_RATE
+        from dcls_zoo.layers.audio import AUDIOSET_SAMPLE_RATE as SAMPLE_RATE
 
         channels, mels, frames = input_size
         example = (f"# x: (batch, {channels}, {mels} mel bins, {frames} frames) normalised log-mels as in the original "

@@ -31,19 +31,23 @@ import torch.nn as nn
 
 __all__ = [
     "LogMelFrontend", "SpecAugment", "FreqMeanTimeMaxMeanPool", "AUDIOSET_CONVNEXT_FRONTEND", "DCLS_AUDIO_FRONTEND",
-    "PANNS_FRONTEND", "AUDIO_POOL_TYPE", "check_waveform",
+    "PANNS_FRONTEND", "AUDIO_POOL_TYPE", "check_waveform", "AUDIOSET_SAMPLE_RATE", "AUDIOSET_CLIP_SAMPLES",
 ]
+
+# Every AudioSet model of the zoo hears 10-s clips at 32 kHz (both recipes below, PANNs included).
+AUDIOSET_SAMPLE_RATE = 32000
+AUDIOSET_CLIP_SAMPLES = 10 * AUDIOSET_SAMPLE_RATE
 
 # Recipe (a): topel/audioset-convnext-inf (torchlibrosa Spectrogram + LogmelFilterBank, then bn0 over mel bins).
 AUDIOSET_CONVNEXT_FRONTEND = dict(
-    sample_rate=32000, n_fft=1024, hop_length=320, n_mels=224, f_min=50.0, f_max=14000.0,
+    sample_rate=AUDIOSET_SAMPLE_RATE, n_fft=1024, hop_length=320, n_mels=224, f_min=50.0, f_max=14000.0,
     mel_scale="slaney", mel_norm="slaney", layout="time_mel", normalization="batchnorm",
 )
 # PANNs (qiuqiangkong/audioset_tagging_cnn, and the authors' PANN-DSC experiments): recipe (a) with 64 mels.
 PANNS_FRONTEND = dict(AUDIOSET_CONVNEXT_FRONTEND, n_mels=64)
 # Recipe (b): K-H-Ismail/DCLS-Audio (torchaudio Spectrogram, MelScale, AmplitudeToDB, Normalize(-18.2696, 30.5735)).
 DCLS_AUDIO_FRONTEND = dict(
-    sample_rate=32000, n_fft=1024, hop_length=320, n_mels=128, f_min=50.0, f_max=14000.0,
+    sample_rate=AUDIOSET_SAMPLE_RATE, n_fft=1024, hop_length=320, n_mels=128, f_min=50.0, f_max=14000.0,
     mel_scale="htk", mel_norm=None, layout="mel_time", normalization="fixed", mean=-18.2696, std=30.5735,
 )
 

@@ -35,6 +35,7 @@ from timm.models import generate_default_cfgs, register_model
 from ..data.audioset_labels import AUDIOSET_LABELS
 from ..layers.audio import (
     AUDIO_POOL_TYPE,
+    AUDIOSET_CLIP_SAMPLES,
     AUDIOSET_CONVNEXT_FRONTEND,
     FreqMeanTimeMaxMeanPool,
     LogMelFrontend,
@@ -46,8 +47,6 @@ from ._convnext import CONVNEXT_SIZES
 
 __all__ = ["AudioSetConvNeXt", "checkpoint_filter_fn"]
 
-SAMPLE_RATE = 32000
-CLIP_SAMPLES = 10 * SAMPLE_RATE
 
 
 class AudioSetConvNeXt(DownsamplingChainMixin, timm_convnext.ConvNeXt):
@@ -213,7 +212,8 @@ def _create_audio_convnext(variant: str, pretrained: bool = False, **kwargs: Any
 
 def _cfg(**kwargs: Any) -> dict[str, Any]:
     return {
-        "num_classes": 527, "input_size": (1, 1, CLIP_SAMPLES), "min_input_size": (1, 1, 7360), "pool_size": (31, 7),
+        "num_classes": 527, "input_size": (1, 1, AUDIOSET_CLIP_SAMPLES), "min_input_size": (1, 1, 7360),
+        "pool_size": (31, 7),
         "mean": (0.0,), "std": (1.0,), "first_conv": "stem.0", "classifier": "head.fc",
         "label_names": AUDIOSET_LABELS,
         "license": "mit", "origin_url": "https://github.com/topel/audioset-convnext-inf",

@@ -44,7 +44,7 @@ from timm.models import metaformer as timm_metaformer
 
 from ..data.audioset_labels import AUDIOSET_LABELS
 from ..layers import DclsModelMixin, dclsify
-from ..layers.audio import DCLS_AUDIO_FRONTEND, LogMelFrontend, check_waveform
+from ..layers.audio import AUDIOSET_CLIP_SAMPLES, DCLS_AUDIO_FRONTEND, LogMelFrontend, check_waveform
 from ..layers.input_checks import DownsamplingChainMixin, check_input_dtype, input_checks_enabled, input_owner
 from ..layers.rep_pos_enc import DclsRepConditionalPosEnc
 from ._builder import build_zoo_model, with_every_shared_copy, zoo_checkpoint_filter
@@ -55,7 +55,6 @@ __all__ = ["ConvNeXtAudio", "MetaFormerAudio", "FastVitAudio", "AUDIO_STEM_KERNE
 
 AUDIO_STEM_KERNEL = (2, 16)   # (mel, time): 128 x 1001 -> 64 x 62
 NUM_MEL_BINS, NUM_FRAMES = 128, 1001
-SAMPLE_RATE = 32000
 DCLS_AUDIO = dict(dcls_version="gauss", dcls_dilated_kernel_size=23, dcls_kernel_count=26)
 
 
@@ -314,7 +313,7 @@ def _create(model_cls: type, variant: str, pretrained: bool = False, **kwargs: A
         **kwargs,
     )
     if getattr(model, "waveform_input", False):
-        model.pretrained_cfg = dict(model.pretrained_cfg, input_size=(1, 1, 10 * SAMPLE_RATE),
+        model.pretrained_cfg = dict(model.pretrained_cfg, input_size=(1, 1, AUDIOSET_CLIP_SAMPLES),
                                     min_input_size=(1, 1, model.min_samples()))
         model.default_cfg = model.pretrained_cfg
     return model

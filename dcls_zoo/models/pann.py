@@ -45,13 +45,14 @@ from ._timm_private import feature_take_indices
 from torch.utils.checkpoint import checkpoint
 
 from ..data.audioset_labels import AUDIOSET_LABELS
-from ..layers.audio import AUDIO_POOL_TYPE, PANNS_FRONTEND, FreqMeanTimeMaxMeanPool, LogMelFrontend, SpecAugment
+from ..layers.audio import (
+    AUDIO_POOL_TYPE, AUDIOSET_CLIP_SAMPLES, PANNS_FRONTEND, FreqMeanTimeMaxMeanPool,
+    LogMelFrontend, SpecAugment,
+)
 from ._builder import build_zoo_model, zoo_checkpoint_filter
 
 __all__ = ["PANN", "PannConvBlock", "PannNextBlock", "checkpoint_filter_fn", "BLOCK_TYPES"]
 
-SAMPLE_RATE = 32000
-CLIP_SAMPLES = 10 * SAMPLE_RATE
 BLOCK_TYPES = ("conv5", "conv3", "dsc", "dsc_pw", "next")
 
 
@@ -424,7 +425,7 @@ def _create_pann(variant: str, pretrained: bool = False, **kwargs: Any) -> PANN:
 
 def _cfg(pool_size: tuple[int, int], min_samples: int, **kwargs: Any) -> dict[str, Any]:
     return {
-        "num_classes": 527, "input_size": (1, 1, CLIP_SAMPLES), "min_input_size": (1, 1, min_samples),
+        "num_classes": 527, "input_size": (1, 1, AUDIOSET_CLIP_SAMPLES), "min_input_size": (1, 1, min_samples),
         "pool_size": pool_size, "mean": (0.0,), "std": (1.0,), "first_conv": "blocks.0.conv1",
         "classifier": "head", "label_names": AUDIOSET_LABELS, "license": "mit",
         **kwargs,
