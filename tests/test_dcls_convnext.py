@@ -221,6 +221,16 @@ def test_registered_url_checkpoint_is_downloaded_then_loaded_safely(tmp_path, mo
         timm.create_model("dcls_convnext_tiny", pretrained=True)
 
 
+@pytest.mark.parametrize("name", ["dcls_convnext_atto", "hermite_convnext_tiny"])
+def test_chosen_feature_levels_do_not_change_the_next_models_default(name):
+    # timm's builder writes out_indices into the feature cfg it is given: each model must get its own
+    with torch.device("meta"):
+        picked = timm.create_model(name, features_only=True, out_indices=(1, 3))
+        default = timm.create_model(name, features_only=True)
+    assert len(picked.feature_info.channels()) == 2
+    assert default.feature_info.reduction() == [4, 8, 16, 32]
+
+
 def test_pretrained_as_feature_extractor_does_not_announce_a_random_head(tmp_path, caplog):
     source = timm.create_model("dcls_convnext_atto", num_classes=7)
     path = tmp_path / "weights.pth"

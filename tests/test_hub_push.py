@@ -164,12 +164,9 @@ def test_save_pretrained_push_to_hub_uploads_the_complete_remote_code(hub, tmp_p
     from dcls_zoo.lm import OrthoGPT2LMHeadModel
 
     model = _tiny_gpt2_variant()
-    OrthoGPT2LMHeadModel.register_for_auto_class("AutoModelForCausalLM")
-    try:
-        with _pointed_at(hub, tmp_path / "cache"):
-            model.save_pretrained(tmp_path / "local", push_to_hub=True, repo_id=f"{ORG}/remote_code_push")
-    finally:
-        OrthoGPT2LMHeadModel._auto_class = None
+    assert OrthoGPT2LMHeadModel._auto_class == "AutoModelForCausalLM"  # registered by `import dcls_zoo`
+    with _pointed_at(hub, tmp_path / "cache"):
+        model.save_pretrained(tmp_path / "local", push_to_hub=True, repo_id=f"{ORG}/remote_code_push")
     local = {p.name: p.read_bytes() for p in (tmp_path / "local").iterdir() if p.suffix == ".py"}
     assert {"ortho_activations.py", "modules.py", "modeling_ortho_gpt2.py"} <= set(local)
     sent = hub.files(f"{ORG}/remote_code_push")

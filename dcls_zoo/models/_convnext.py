@@ -10,7 +10,7 @@ from timm.models import convnext as timm_convnext
 
 from ..layers.input_checks import ImageInputMixin
 
-__all__ = ["CONVNEXT_FEATURE_CFG", "CONVNEXT_SIZES", "CheckedConvNeXt", "convnext_imagenet_cfg"]
+__all__ = ["CONVNEXT_SIZES", "CheckedConvNeXt", "convnext_feature_cfg", "convnext_imagenet_cfg"]
 
 # timm's ConvNeXt sizes (the arguments of its `convnext_<size>` entrypoints).
 CONVNEXT_SIZES: dict[str, dict[str, Any]] = {
@@ -23,8 +23,11 @@ CONVNEXT_SIZES: dict[str, dict[str, Any]] = {
     "base": dict(depths=(3, 3, 27, 3), dims=(128, 256, 512, 1024)),
 }
 
-# timm's ConvNeXt `feature_cfg` (features_only=True: the four stages).
-CONVNEXT_FEATURE_CFG = dict(out_indices=(0, 1, 2, 3), flatten_sequential=True)
+
+def convnext_feature_cfg() -> dict[str, Any]:
+    """timm's ConvNeXt feature layout, a new dict per model: `build_model_with_cfg` writes into the one it gets
+    (a `features_only=True, out_indices=...` call would otherwise change every later model's default levels)."""
+    return dict(out_indices=(0, 1, 2, 3), flatten_sequential=True)
 
 
 def convnext_imagenet_cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:

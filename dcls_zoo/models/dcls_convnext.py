@@ -20,7 +20,7 @@ from timm.models import generate_default_cfgs, register_model
 
 from ..layers import DclsModelMixin, dclsify
 from ._builder import build_zoo_model, zoo_checkpoint_filter
-from ._convnext import CONVNEXT_FEATURE_CFG, CONVNEXT_SIZES, CheckedConvNeXt, convnext_imagenet_cfg
+from ._convnext import CONVNEXT_SIZES, CheckedConvNeXt, convnext_feature_cfg, convnext_imagenet_cfg
 from ._sources import DCLS_GAUSS_SOURCE
 
 __all__ = ["DclsConvNeXt"]
@@ -74,7 +74,7 @@ def _create_dcls_convnext(variant: str, pretrained: bool = False, **kwargs: Any)
     return build_zoo_model(
         DclsConvNeXt, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=CONVNEXT_FEATURE_CFG,
+        feature_cfg=convnext_feature_cfg(),
         **kwargs,
     )
 

@@ -21,7 +21,7 @@ from timm.models import generate_default_cfgs, register_model
 
 from ..layers.activations import ACTIVATION_CLASSES, DEFAULT_DEGREES, activation_parameter_names
 from ._builder import build_zoo_model, zoo_checkpoint_filter
-from ._convnext import CONVNEXT_FEATURE_CFG, CONVNEXT_SIZES, CheckedConvNeXt, convnext_imagenet_cfg
+from ._convnext import CONVNEXT_SIZES, CheckedConvNeXt, convnext_feature_cfg, convnext_imagenet_cfg
 
 __all__ = ["OrthoConvNeXt"]
 
@@ -94,7 +94,7 @@ def _create_ortho_convnext(variant: str, pretrained: bool = False, **kwargs: Any
     return build_zoo_model(
         OrthoConvNeXt, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=CONVNEXT_FEATURE_CFG,
+        feature_cfg=convnext_feature_cfg(),
         **kwargs,
     )
 
