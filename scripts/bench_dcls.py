@@ -40,9 +40,9 @@ NOTE = (
     "convolution in channels_last; the backward takes the weight gradient as a batch-summed FFT "
     "cross-correlation where `choose_weight_grad_path` says so (see the sweep table) and the input gradient as a "
     "forward convolution with the flipped kernel. The reference computes both with oneDNN's convolution backward, "
-    "whose weight gradient for 17x17 / 23x23 kernels is the bulk of its time. Where the layer's input comes in "
-    "NCHW (the rows here), ours keeps a channels_last copy of the input for backward; inside a DCLS ConvNeXt the "
-    "activations already flow in channels_last, so no copy is made there."
+    "whose weight gradient for 17x17 / 23x23 kernels is the bulk of its time. The input comes in NCHW here (inside "
+    "a DCLS ConvNeXt it flows in channels_last): ours converts it for the forward only and keeps the input as "
+    "given for backward, so what it saves is the dense kernel."
 )
 BUSY = ("The machine was shared with other jobs during the run (load average at start {load}); times are "
         "medians of alternating repeats in one process, so ratios are more trustworthy than absolute times.")

@@ -120,6 +120,26 @@ def test_convnext_tiny_construction_keeps_under_0_1_gib_for_backward(version, si
     assert total < 0.1 * 2**30
 
 
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last], ids=["nchw", "channels_last"])
+def test_layer_keeps_no_copy_of_its_input_for_backward(fmt):
+    # The convolution runs in channels_last whatever the input's layout; an NCHW input must not leave a converted
+    # copy (as large as the input) saved between forward and backward. What is kept: the dense kernel.
+    layer = Dcls2d(96, 96, kernel_count=34, dilated_kernel_size=17, padding=8, groups=96, version="v0")
+    x = torch.randn(2, 96, 56, 56).contiguous(memory_format=fmt).requires_grad_()
+    saved, y = saved_bytes_for_backward(lambda: layer(x), exclude=[x, *layer.parameters()])
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    kernel_bytes = layer.construct_kernel().numel() * 4
+    assert saved <= 2 * kernel_bytes and saved < x.numel() * 4 // 4, (saved, kernel_bytes)
+    y.backward(torch.ones_like(y))
+    reference = Dcls2d(96, 96, kernel_count=34, dilated_kernel_size=17, padding=8, groups=96, version="v0")
+    reference.load_state_dict(layer.state_dict())
+    x2 = x.detach().clone().requires_grad_()
+    kernel = reference.construct_kernel()
+    torch.nn.functional.conv2d(x2, kernel, reference.bias, 1, 8, 1, 96).backward(torch.ones_like(y))
+    assert torch.allclose(x.grad, x2.grad, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(layer.weight.grad, reference.weight.grad, rtol=1e-4, atol=1e-4)
+
+
 def test_reference_construction_keeps_much_more_for_backward():
     # Sanity check of the measurement itself on one reference layer (ConvNeXt-T stage 1, v1 17/34).
     layer = REFS[2](96, 96, kernel_count=34, dilated_kernel_size=17, padding=8, groups=96, version="v1")

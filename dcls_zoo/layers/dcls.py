@@ -335,11 +335,10 @@ class DclsNd(TiedParametersMixin, nn.Module):
             padding = (0,) * n
         # oneDNN runs large depthwise kernels far faster in channels_last (measured on a CPU: ~5 ms against ~180 ms
         # in NCHW, forward of 17x17 at (8, 96, 56, 56)); small kernels and dense convolutions are left as they come.
-        if (n == 2 and x.device.type == "cpu" and x.dim() == 4 and self.groups == self.in_channels
-                and math.prod(self.dilated_kernel_size) > 49):
-            x = x.contiguous(memory_format=torch.channels_last)
-            kernel = kernel.contiguous(memory_format=torch.channels_last)
-        return dcls_conv(x, kernel, self.bias, self.stride, padding, 1, self.groups)  # F.conv, fast backward
+        channels_last = (n == 2 and x.device.type == "cpu" and x.dim() == 4 and self.groups == self.in_channels
+                         and math.prod(self.dilated_kernel_size) > 49)
+        # F.conv with the fast backward of `dcls_conv`
+        return dcls_conv(x, kernel, self.bias, self.stride, padding, 1, self.groups, channels_last=channels_last)
 
     # ------------------------------------------------------------------------------------------------- TorchScript
     # TorchScript compiles `_forward_script` (kernel built at every call, no cache). A layer that follows a stage's

@@ -132,33 +132,49 @@ def _flip_input_grad(grad: torch.Tensor, kernel: torch.Tensor, padding: Sequence
 
 class _DepthwiseConv2d(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, kernel, bias, stride, padding, weight_path, input_path):
+    def forward(ctx, x, kernel, bias, stride, padding, weight_path, input_path, channels_last):
+        # The input is saved as it came: a channels_last copy made here would be kept for backward (as large as
+        # the input) although only the direct weight gradient reads x in that layout.
         ctx.save_for_backward(x, kernel)
         ctx.has_bias = bias is not None
-        ctx.conf = (stride, padding, weight_path, input_path)
+        ctx.conf = (stride, padding, weight_path, input_path, channels_last)
+        if channels_last:
+            x, kernel = x.contiguous(memory_format=torch.channels_last), _to_channels_last(kernel)
         return F.conv2d(x, kernel, bias, stride, padding, 1, x.shape[1])
 
     @staticmethod
     def backward(ctx, grad):
         x, kernel = ctx.saved_tensors
-        stride, padding, weight_path, input_path = ctx.conf
+        stride, padding, weight_path, input_path, channels_last = ctx.conf
         needs_x, needs_kernel, needs_bias = ctx.needs_input_grad[:3]
-        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        channels_last = channels_last or (x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
+        if channels_last:
             grad = grad.contiguous(memory_format=torch.channels_last)
         grad_x = grad_kernel = grad_bias = None
         direct_mask = [needs_x and input_path == "direct", needs_kernel and weight_path == "direct", False]
         if any(direct_mask):
+            x_in = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+            k_in = _to_channels_last(kernel) if channels_last else kernel
             grad_x, grad_kernel, _ = torch.ops.aten.convolution_backward(
-                grad, x, kernel, None, list(stride), list(padding), [1, 1], False, [0, 0], x.shape[1], direct_mask)
+                grad, x_in, k_in, None, list(stride), list(padding), [1, 1], False, [0, 0], x.shape[1], direct_mask)
         if needs_x and input_path == "flip":
             grad_x = _flip_input_grad(grad, kernel, padding)
         if needs_kernel and weight_path == "fft":
-            grad_kernel = _fft_weight_grad(x, grad, kernel.shape[-2:], stride, padding)
-            if kernel.is_contiguous(memory_format=torch.channels_last) and not kernel.is_contiguous():
-                grad_kernel = grad_kernel.contiguous(memory_format=torch.channels_last)
+            grad_kernel = _fft_weight_grad(x, grad, kernel.shape[-2:], stride, padding)  # reads x in any layout
+        if grad_kernel is not None:
+            grad_kernel = grad_kernel.contiguous(memory_format=_memory_format(kernel))
         if needs_bias and ctx.has_bias:
             grad_bias = grad.sum((0, 2, 3))
-        return grad_x, grad_kernel, grad_bias, None, None, None, None
+        return grad_x, grad_kernel, grad_bias, None, None, None, None, None
+
+
+def _to_channels_last(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous(memory_format=torch.channels_last)
+
+
+def _memory_format(t: torch.Tensor) -> torch.memory_format:
+    cl = t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+    return torch.channels_last if cl else torch.contiguous_format
 
 
 def _pair(value: Union[int, Sequence[int]]) -> tuple[int, int]:
@@ -175,13 +191,16 @@ def dcls_conv(
     groups: int = 1,
     weight_grad: Optional[str] = None,
     input_grad: Optional[str] = None,
+    channels_last: bool = False,
 ) -> torch.Tensor:
     """`F.conv1d/2d/3d(x, kernel, bias, stride, padding, dilation, groups)` (chosen by `kernel.dim()`), with the
     fast backward of the module docstring for 2-D depthwise kernels.
 
     `weight_grad` / `input_grad` force a formulation (see `WEIGHT_GRAD_PATHS` / `INPUT_GRAD_PATHS`); by default
     the `dcls_conv_paths` context or ``"auto"``. A forced path that cannot apply to the shape (``"flip"`` with a
-    stride > 1) falls back to ``"direct"``.
+    stride > 1) falls back to ``"direct"``. `channels_last=True` runs a 2-D depthwise convolution in channels_last
+    (oneDNN's fast layout for large depthwise kernels on the CPU) whatever the layout `x` comes in; the output is
+    channels_last, and the input is kept for backward as given (no converted copy is held between the passes).
     """
     ndim = kernel.dim() - 2
     forced = getattr(_overrides, "paths", None) or ("auto", "auto")
@@ -198,6 +217,8 @@ def dcls_conv(
         or not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, kernel, bias)))
     )
     if plain:
+        if channels_last and ndim == 2 and x.dim() == 4 and groups == x.shape[1] and kernel.shape[1] == 1:
+            x, kernel = _to_channels_last(x), _to_channels_last(kernel)
         return _CONV_FN[ndim](x, kernel, bias, stride, padding, dilation, groups)
     stride, padding = _pair(stride), _pair(padding)
     device_type = x.device.type
@@ -207,8 +228,10 @@ def dcls_conv(
         x, kernel = x.to(dtype), kernel.to(dtype)
         bias = None if bias is None else bias.to(dtype)
         with torch.autocast(device_type, enabled=False):
-            return dcls_conv(x, kernel, bias, stride, padding, 1, groups, weight_grad, input_grad)
+            return dcls_conv(x, kernel, bias, stride, padding, 1, groups, weight_grad, input_grad, channels_last)
     if device_type != "cpu" and weight_grad == input_grad == "auto":
+        if channels_last:
+            x, kernel = _to_channels_last(x), _to_channels_last(kernel)
         return F.conv2d(x, kernel, bias, stride, padding, 1, groups)  # cuDNN's own backward is fast
     kh, kw = kernel.shape[-2:]
     if weight_grad == "auto":
@@ -216,4 +239,4 @@ def dcls_conv(
         weight_grad = choose_weight_grad_path(device_type, (kh, kw), out)
     can_flip = stride == (1, 1) and padding[0] <= kh - 1 and padding[1] <= kw - 1
     input_grad = "flip" if input_grad in ("auto", "flip") and can_flip else "direct"
-    return _DepthwiseConv2d.apply(x, kernel, bias, stride, padding, weight_grad, input_grad)
+    return _DepthwiseConv2d.apply(x, kernel, bias, stride, padding, weight_grad, input_grad, channels_last)
