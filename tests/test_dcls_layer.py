@@ -180,6 +180,8 @@ def test_eval_kernel_cache_reuse_and_invalidation(monkeypatch):
         assert len(calls) == 2 and not torch.equal(y1, y2)
         layer.load_state_dict({k: v.clone() for k, v in layer.state_dict().items()})   # same values: reused
         assert torch.equal(layer(x), y2) and len(calls) == 2
+        layer.eval()   # evaluation loops call eval() before every batch: the cache stays
+        assert torch.equal(layer(x), y2) and len(calls) == 2, "eval() must not drop the cache"
     layer.train()
     layer(x)
     layer(x)

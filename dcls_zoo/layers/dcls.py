@@ -300,7 +300,10 @@ class DclsNd(TiedParametersMixin, nn.Module):
         return self._cached_kernel
 
     def train(self, mode: bool = True):
-        self._cached_kernel = self._cache_key = None
+        # Training never uses the cache: drop it (its memory). `eval()` keeps it: each use checks it by value, and
+        # loops that call `model.eval()` before every batch would otherwise rebuild every kernel each time.
+        if mode:
+            self._cached_kernel = self._cache_key = None
         return super().train(mode)
 
     def _check_input(self, x: torch.Tensor) -> None:
