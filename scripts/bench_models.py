@@ -4,7 +4,9 @@ For each pair, the same batch, input size, threads and memory format (channels_l
 run in channels_last, see `NCHW_ON_CPU`), both models built with random weights, run in turns in one child process
 per pair (a crash inside a library then costs its row, not the table):
 - train step: forward, cross-entropy on fixed labels, backward (train mode);
-- eval forward: `torch.inference_mode()`, eval mode.
+- eval forward: `torch.inference_mode()`, eval mode; also a copy of the DCLS model frozen into plain dense
+  convolutions (`freeze_dcls`), whose ratio is the floor the dense large kernels' arithmetic sets for any
+  implementation of DCLS that builds them.
 Time is the median process CPU time over `--repeats` (wall time in brackets); ratio = DCLS / baseline.
 Goals (issue 18): dcls_convnext_tiny ≤ 1.25x train, dcls_gauss_convnext_tiny ≤ 1.35x train, both ≤ 1.10x eval.
 The table is written to BENCHMARKS.md (this script's own marked section, replaced on each run).
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import os
 import platform
@@ -30,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 import dcls_zoo  # noqa: F401  (registers the zoo's models with timm)
+from dcls_zoo.layers import freeze_dcls
 from bench_common import alternating_times, write_marked_section
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,10 +89,12 @@ def measure_pair(name: str, batch: int, repeats: int, device: str, autocast: boo
 
     row = dict(model=name, baseline=baseline, input=f"{batch}x" + "x".join(map(str, input_size)),
                format="NCHW" if fmt == torch.contiguous_format else "channels_last")
+    frozen = freeze_dcls(copy.deepcopy(models["dcls"])).to(memory_format=fmt)
     for mode, step in (("train", train_step), ("eval", eval_forward)):
-        times = alternating_times({k: (lambda m=m: step(m)) for k, m in models.items()}, repeats=repeats)
+        timed = dict(models, frozen=frozen) if mode == "eval" else models
+        times = alternating_times({k: (lambda m=m: step(m)) for k, m in timed.items()}, repeats=repeats)
         clock = "cpu" if device == "cpu" else "wall"
-        for k in models:
+        for k in timed:
             row[f"{mode}_{k}"] = times[k][clock]
             row[f"{mode}_{k}_wall"] = times[k]["wall"]
         print(f"{name:>26} vs {baseline:<20} {mode:5s} {row[f'{mode}_dcls'] * 1e3:9.1f} / "
@@ -133,17 +139,22 @@ def to_markdown(rows: list[dict], args: argparse.Namespace, load: str, begin: st
         + (" --autocast-bf16" if args.autocast_bf16 else "") + f" --models {models}`.", "",
         "Random weights, channels_last, same input for both models of a row. Train step = forward + cross-entropy + "
         f"backward; eval = inference-mode forward. Median {clock} of {args.repeats} alternating repeats, in ms "
-        "(wall time in brackets); ratio = DCLS / baseline.", "",
+        "(wall time in brackets); ratio = DCLS / baseline. Eval frozen ratio: the DCLS model with its layers frozen "
+        "into plain convolutions of the same dense kernels (`freeze_dcls`) / baseline, the floor that the dense "
+        "large kernels' arithmetic sets for any DCLS implementation that builds them.", "",
         "| DCLS model | baseline | input | format | train DCLS | train base | train ratio | eval DCLS | eval base "
-        "| eval ratio | goal (train / eval) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| eval ratio | eval frozen ratio | goal (train / eval) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if "failed" in r:
-            lines.append(f"| {r['model']} | {r['baseline']} | | | failed: {r['failed']} | | | | | | |")
+            lines.append(f"| {r['model']} | {r['baseline']} | | | failed: {r['failed']} | | | | | | | |")
             continue
         tr, ev = r["train_dcls"] / r["train_base"], r["eval_dcls"] / r["eval_base"]
         goal = GOALS.get(r["model"])
+        # Frozen plain convolutions in NCHW take oneDNN's slow layout for large depthwise kernels (a DCLS layer
+        # switches to channels_last itself), so that ratio is no floor.
+        floor = f"{r['eval_frozen'] / r['eval_base']:.2f}" if r["format"] == "channels_last" else "n/a (NCHW)"
         verdict = ""
         if goal:
             verdict = (f"≤ {goal[0]} / ≤ {goal[1]}: " + ("met" if tr <= goal[0] else "MISSED") + " / "
@@ -152,7 +163,7 @@ def to_markdown(rows: list[dict], args: argparse.Namespace, load: str, begin: st
             f"| {r['model']} | {r['baseline']} | {r['input']} | {r['format']} | {r['train_dcls'] * 1e3:.0f} "
             f"({r['train_dcls_wall'] * 1e3:.0f}) | {r['train_base'] * 1e3:.0f} ({r['train_base_wall'] * 1e3:.0f}) | "
             f"{tr:.2f} | {r['eval_dcls'] * 1e3:.0f} ({r['eval_dcls_wall'] * 1e3:.0f}) | {r['eval_base'] * 1e3:.0f} "
-            f"({r['eval_base_wall'] * 1e3:.0f}) | {ev:.2f} | {verdict} |")
+            f"({r['eval_base_wall'] * 1e3:.0f}) | {ev:.2f} | {floor} | {verdict} |")
     nchw = [r["model"] for r in rows if r.get("format") == "NCHW"]
     if nchw:
         lines += ["", f"In NCHW: {', '.join(nchw)} ({'; '.join(NCHW_ON_CPU[n] for n in nchw)})."]
