@@ -74,6 +74,40 @@ def test_outputs_and_gradients_match_reference(ndim, version, config, dtype, tol
         assert _rel(getattr(ours, name).grad, getattr(ref, name).grad) <= tol, f"{name} gradient"
 
 
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float64, 1e-12)], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("ndim", [1, 2, 3])
+def test_v0_positions_on_taps_at_the_border_and_far_off_the_grid_match_reference(ndim, dtype, tol):
+    # v0 writes each element into its 2^ndim corners (a margin of 2 taps catches those off the grid): integer
+    # positions, the last tap, just past it and far away (mass lost, no gradient) must all behave as the reference.
+    ref, ours, cin = _pair_of_layers(ndim, "v0", "grouped_nonsquare_stride", dtype, seed=3)
+    with torch.no_grad():
+        for d, size in enumerate(ref.dilated_kernel_size):
+            half = size // 2
+            choices = torch.tensor([-half, half, half - 1, 0.0, half + 0.25, -half - 0.75, 3.0 * size, -4.5 * size,
+                                    half + 1.0, 0.5], dtype=dtype)
+            ref.P[d].copy_(choices[torch.randint(len(choices), ref.P[d].shape)])
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(2, cin, *([11] * ndim), dtype=dtype)
+    y_ref, y_ours = ref(x), ours(x)
+    assert _rel(y_ours, y_ref) <= tol
+    grad = torch.randn_like(y_ref)
+    y_ref.backward(grad)
+    y_ours.backward(grad)
+    for name in ("weight", "P", "bias"):
+        assert _rel(getattr(ours, name).grad, getattr(ref, name).grad) <= tol, f"{name} gradient"
+
+
+@pytest.mark.parametrize("ndim", [1, 2, 3])
+def test_v0_separable_construction_kept_for_dtensors_equals_the_scattered_one(ndim, monkeypatch):
+    import dcls_zoo.layers.dcls as dcls_module
+
+    _, ours, _ = _pair_of_layers(ndim, "v0", "grouped_nonsquare_stride", torch.float64, seed=4)
+    scattered = ours.construct_kernel()
+    monkeypatch.setattr(dcls_module, "_is_dtensor", lambda t: True)   # what a DTensor weight or P selects
+    separable = ours.construct_kernel()
+    assert torch.allclose(scattered, separable, rtol=1e-12, atol=1e-14)
+
+
 @pytest.mark.parametrize("version", VERSIONS)
 @pytest.mark.parametrize("ndim", [1, 2, 3])
 def test_parameters_names_shapes_and_init_match_reference(ndim, version):
