@@ -98,7 +98,7 @@ def test_v0_positions_on_taps_at_the_border_and_far_off_the_grid_match_reference
 
 
 @pytest.mark.parametrize("ndim", [1, 2, 3])
-def test_v0_separable_construction_kept_for_dtensors_equals_the_scattered_one(ndim, monkeypatch):
+def test_v0_separable_construction_kept_for_dtensors_and_cuda_equals_the_scattered_one(ndim, monkeypatch):
     import dcls_zoo.layers.dcls as dcls_module
 
     _, ours, _ = _pair_of_layers(ndim, "v0", "grouped_nonsquare_stride", torch.float64, seed=4)

@@ -12,8 +12,8 @@ one per axis, so we build per-axis factors of shape (O, I/g, K, L_axis) and cont
 `einsum` (a batched matmul). The reference instead materialises (L_1 x ... x L_d x d x O x I/g x K) tensors,
 which cost 1.1-2.5 GiB of saved intermediates per ConvNeXt-T forward+backward; ours are a few MiB. The bilinear
 ``v0`` kernel is non-zero at the 2^ndim grid corners around each element only, so it is scattered there directly
-(`_scatter_v0_kernel`, the same values and gradients; 2-3x cheaper forward+backward at 768 channels); the
-separable form stays for DTensor parameters.
+(`_scatter_v0_kernel`, the same values and gradients; 2-3x cheaper forward+backward at 768 channels) on the
+CPU; the separable form stays for other devices and DTensor parameters.
 
 Versions (`tri(t) = max(0, 1 - |t|)`, c_d = dilated_kernel_size[d] // 2):
 
@@ -127,7 +127,9 @@ def construct_dcls_kernel(
 ) -> torch.Tensor:
     """Dense kernel (O, I/g, *dilated_kernel_size) from weight (O, I/g, K), P and SIG (ndim, O, I/g, K)."""
     ndim = len(dilated_kernel_size)
-    if version == "v0" and not any(_is_dtensor(t) for t in (weight, P)):
+    if version == "v0" and P.device.type == "cpu" and not any(_is_dtensor(t) for t in (weight, P)):
+        # CPU only: on CUDA scatter_add accumulates with atomics (run-to-run rounding differences, and an error
+        # under torch.use_deterministic_algorithms); the separable form was measured on par there.
         return _scatter_v0_kernel(weight, P, dilated_kernel_size)
     axes = _AXIS_OF_POSITION[(ndim, "v0" if version == "v0" else "v1")]
     factors: list[Optional[torch.Tensor]] = [None] * ndim
