@@ -1,6 +1,7 @@
-"""Run timm's real train.py and validate.py on a DCLS model through `python -m dcls_zoo.timm_script`, and check
-the papers' recipe held: positions clamped to the grid, one position group at `--position-lr-scale` x the lr
-without weight decay, validate.py reading the checkpoint.
+"""Run timm's real train.py, validate.py and benchmark.py on a DCLS model through `python -m dcls_zoo.timm_script`,
+and check the papers' recipe held: positions clamped to the grid, one position group at `--position-lr-scale` x the
+lr without weight decay, validate.py reading the checkpoint, benchmark.py timing inference and training steps in
+channels_last.
 
 timm ships these scripts in neither its wheel nor its sdist, so the suite cannot fetch them on a fresh machine
 (tests/test_timm_scripts.py drives timm's factories the way train.py does instead). Point this at a
@@ -51,7 +52,8 @@ def main() -> None:
     parser.add_argument("timm_repo", type=Path, help="a pytorch-image-models checkout (holding train.py, validate.py)")
     args = parser.parse_args()
     train_py, validate_py = args.timm_repo / "train.py", args.timm_repo / "validate.py"
-    for script in (train_py, validate_py):
+    benchmark_py = args.timm_repo / "benchmark.py"
+    for script in (train_py, validate_py, benchmark_py):
         if not script.is_file():
             sys.exit(f"{script} is not a file; pass a pytorch-image-models checkout")
     with tempfile.TemporaryDirectory() as tmp:
@@ -77,6 +79,11 @@ def main() -> None:
                       "--checkpoint", tmp / "run" / "last.pth.tar")
         assert '"top1"' in log, log[-2000:]
         print("  ok:", [line for line in log.splitlines() if '"top1"' in line][-1:])
+    print("benchmark.py, inference and train steps in channels_last ...", flush=True)
+    log = _launch(benchmark_py, "--model", "dcls_convnext_atto", "--bench", "both", "--channels-last", "--batch-size",
+                  "2", "--img-size", "64", "--device", "cpu", "--num-warm-iter", "1", "--num-bench-iter", "5")
+    assert '"infer_samples_per_sec"' in log and '"train_samples_per_sec"' in log, log[-2000:]
+    print("  ok:", [line.strip() for line in log.splitlines() if "samples_per_sec" in line])
 
 
 if __name__ == "__main__":
