@@ -97,8 +97,9 @@ def test_every_path_matches_aten_on_strides_paddings_and_layouts(paths, dtype, t
                 assert y.is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.parametrize("channels_last", [False, True], ids=["as-given", "channels_last"])
 @pytest.mark.parametrize("paths", PATHS, ids=PATH_IDS)
-def test_gradcheck_and_double_backward_fp64(paths):
+def test_gradcheck_and_double_backward_fp64(paths, channels_last):
     torch.manual_seed(0)
     for h, k, stride, padding in ((6, 3, 1, 1), (7, 5, 2, 2), (5, 5, 1, 4)):
         x = torch.randn(2, 2, h, h + 1, dtype=torch.float64, requires_grad=True)
@@ -106,7 +107,8 @@ def test_gradcheck_and_double_backward_fp64(paths):
         bias = torch.randn(2, dtype=torch.float64, requires_grad=True)
 
         def fn(x, kernel, bias):
-            return dcls_conv(x, kernel, bias, stride, padding, 1, 2, weight_grad=paths[0], input_grad=paths[1])
+            return dcls_conv(x, kernel, bias, stride, padding, 1, 2, weight_grad=paths[0], input_grad=paths[1],
+                             channels_last=channels_last)
 
         assert torch.autograd.gradcheck(fn, (x, kernel, bias))
         assert torch.autograd.gradgradcheck(fn, (x, kernel, bias))
