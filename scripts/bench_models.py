@@ -137,7 +137,8 @@ def to_markdown(rows: list[dict], args: argparse.Namespace, load: str, begin: st
         f"Command: `OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '?')} python scripts/bench_models.py "
         f"--batch {args.batch} --repeats {args.repeats} --device {args.device}"
         + (" --autocast-bf16" if args.autocast_bf16 else "") + f" --models {models}`.", "",
-        "Random weights, channels_last, same input for both models of a row. Train step = forward + cross-entropy + "
+        "Random weights, channels_last unless the format column says NCHW, same input for both models of a row. "
+        "Train step = forward + cross-entropy + "
         f"backward; eval = inference-mode forward. Median {clock} of {args.repeats} alternating repeats, in ms "
         "(wall time in brackets); ratio = DCLS / baseline. Eval frozen ratio: the DCLS model with its layers frozen "
         "into plain convolutions of the same dense kernels (`freeze_dcls`) / baseline, the floor that the dense "
